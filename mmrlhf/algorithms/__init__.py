@@ -1,0 +1,44 @@
+"""Pure-torch RLHF math: masked reductions, preference, KL, advantages, PPO losses.
+
+Nothing here imports ray, deepspeed or torch.distributed; callers reduce across ranks.
+"""
+
+from mmrlhf.algorithms.advantages import gae, group_normalized_scores, token_rewards
+from mmrlhf.algorithms.kl import (
+    KL_ESTIMATORS,
+    AdaptiveKLController,
+    FixedKLController,
+    kl_estimate,
+)
+from mmrlhf.algorithms.masked import (
+    entropy_from_logits,
+    logprobs_from_logits,
+    masked_mean,
+    masked_sum,
+    masked_var,
+    masked_whiten,
+)
+from mmrlhf.algorithms.ppo import entropy_bonus, policy_loss, ppo_loss, value_loss
+from mmrlhf.algorithms.preference import bradley_terry_loss, bradley_terry_prob
+
+__all__ = [
+    "KL_ESTIMATORS",
+    "AdaptiveKLController",
+    "FixedKLController",
+    "bradley_terry_loss",
+    "bradley_terry_prob",
+    "entropy_bonus",
+    "entropy_from_logits",
+    "gae",
+    "group_normalized_scores",
+    "kl_estimate",
+    "logprobs_from_logits",
+    "masked_mean",
+    "masked_sum",
+    "masked_var",
+    "masked_whiten",
+    "policy_loss",
+    "ppo_loss",
+    "token_rewards",
+    "value_loss",
+]

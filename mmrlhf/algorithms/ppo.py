@@ -1,0 +1,144 @@
+"""PPO losses (Schulman et al. 2017) over right-padded response tokens.
+
+Normalisation: with `normalizer=None` a loss is the token mean over `response_mask`. With
+`normalizer` = the global count of real tokens (all ranks, all minibatch shards of one step),
+it is the masked sum divided by that count, so per-shard losses (and gradients) sum to the
+full-batch loss. Metrics are detached; apart from the loss values themselves they are this
+shard's token means whatever the normalizer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mmrlhf.algorithms.kl import kl_estimate
+from mmrlhf.algorithms.masked import masked_mean, masked_sum
+
+
+def _token_reduce(x: Tensor, mask: Tensor, normalizer: float | Tensor | None) -> Tensor:
+    if normalizer is None:
+        return masked_mean(x, mask)
+    n = torch.as_tensor(normalizer, dtype=x.dtype, device=x.device)
+    # A global count of 0 means every mask is 0, so the sum is 0 and dividing by 1 keeps it 0.
+    return masked_sum(x, mask) / torch.where(n > 0, n, torch.ones_like(n))
+
+
+def policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    clip_eps: float = 0.2,
+    normalizer: float | Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped surrogate objective, as a loss to minimise (Schulman et al. 2017, eq. 7).
+
+    logprobs: (B, R) current policy log-probs in nats (with grad); old_logprobs: (B, R) the
+    behaviour policy's; advantages: (B, R); response_mask: (B, R). clip_eps: epsilon of the
+    ratio clip. normalizer: see module docstring.
+    Returns (loss: scalar, {"ppo/clipfrac": fraction of tokens where the clip is active,
+    "ppo/approx_kl": k3 estimate of KL(old || new) in nats, "ppo/ratio_mean"}).
+    """
+    mask = response_mask.bool()
+    # Zeroing the log-ratio on padding keeps exp() finite there, so gradients stay finite.
+    log_ratio = (logprobs - old_logprobs).masked_fill(~mask, 0)
+    ratio = torch.exp(log_ratio)
+    # ALGO: L = -min(r A, clip(r, 1 - eps, 1 + eps) A) = max(-r A, -clip(r) A)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
+    loss = _token_reduce(torch.maximum(unclipped, clipped), mask, normalizer)
+    with torch.no_grad():
+        metrics = {
+            "ppo/clipfrac": masked_mean((clipped > unclipped).to(ratio.dtype), mask),
+            # samples come from the old policy, so k3 with p = old, q = new
+            "ppo/approx_kl": masked_mean(kl_estimate(old_logprobs, logprobs, "k3"), mask),
+            "ppo/ratio_mean": masked_mean(ratio, mask),
+        }
+    return loss, metrics
+
+
+def value_loss(
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    response_mask: Tensor,
+    clip_eps: float = 0.2,
+    normalizer: float | Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped value loss 0.5 * max((V - G)^2, (V_clip - G)^2) (Schulman et al. 2017, PPO2 code).
+
+    values: (B, R) current value predictions (with grad); old_values: (B, R) those used for
+    GAE; returns: (B, R) GAE returns; response_mask: (B, R). clip_eps: V_clip = old_values +
+    clip(values - old_values, -eps, eps), in reward units. normalizer: see module docstring.
+    Returns (loss: scalar, {"value/clipfrac": fraction of tokens where the clipped error is
+    the larger, "value/mean": mean prediction}).
+    """
+    mask = response_mask.bool()
+    # ALGO: V_clip = V_old + clip(V - V_old, -eps, eps)
+    values_clipped = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
+    unclipped = (values - returns).square()
+    clipped = (values_clipped - returns).square()
+    loss = 0.5 * _token_reduce(torch.maximum(unclipped, clipped), mask, normalizer)
+    with torch.no_grad():
+        metrics = {
+            "value/clipfrac": masked_mean((clipped > unclipped).to(values.dtype), mask),
+            "value/mean": masked_mean(values, mask),
+        }
+    return loss, metrics
+
+
+def entropy_bonus(
+    entropy: Tensor, response_mask: Tensor, normalizer: float | Tensor | None = None
+) -> Tensor:
+    """Mean policy entropy (nats) over response tokens, the bonus of Schulman et al. 2017 eq. 9.
+
+    entropy: (B, R) from `entropy_from_logits`; response_mask: (B, R). normalizer: see module
+    docstring. Returns a scalar (higher is more exploratory; subtract it from the loss).
+    """
+    return _token_reduce(entropy, response_mask, normalizer)
+
+
+def ppo_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    *,
+    values: Tensor | None = None,
+    old_values: Tensor | None = None,
+    returns: Tensor | None = None,
+    entropy: Tensor | None = None,
+    clip_eps: float = 0.2,
+    value_clip_eps: float = 0.2,
+    vf_coef: float = 0.5,
+    ent_coef: float = 0.0,
+    normalizer: float | Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO loss: policy + vf_coef * value - ent_coef * entropy (Schulman et al. 2017, eq. 9).
+
+    All tensors (B, R). `values`, `old_values`, `returns` go together: omit all three for a
+    critic-free run (e.g. group-normalised advantages); `entropy` is optional. Raises
+    ValueError if only some of the value tensors are given.
+    Returns (loss: scalar, metrics of `policy_loss` and `value_loss` plus "ppo/policy_loss",
+    "value/loss" and "ppo/entropy" where computed, and "ppo/total_loss").
+    """
+    given = [t is not None for t in (values, old_values, returns)]
+    if any(given) and not all(given):
+        raise ValueError("ppo_loss: give `values`, `old_values` and `returns` together, or none")
+    loss, metrics = policy_loss(
+        logprobs, old_logprobs, advantages, response_mask, clip_eps, normalizer
+    )
+    metrics["ppo/policy_loss"] = loss.detach()
+    if values is not None:
+        v_loss, v_metrics = value_loss(
+            values, old_values, returns, response_mask, value_clip_eps, normalizer
+        )
+        loss = loss + vf_coef * v_loss
+        metrics.update(v_metrics, **{"value/loss": v_loss.detach()})
+    if entropy is not None:
+        ent = entropy_bonus(entropy, response_mask, normalizer)
+        loss = loss - ent_coef * ent
+        metrics["ppo/entropy"] = ent.detach()
+    metrics["ppo/total_loss"] = loss.detach()
+    return loss, metrics

@@ -1,0 +1,111 @@
+"""``mmrlhf <stage>``: one subcommand per stage of the recipe, each reading the same config.
+
+Every subcommand takes ``--config jobs/<x>.yaml`` and ``key=value`` overrides (see
+:func:`mmrlhf.config.load_config`). Stages import their heavy dependencies lazily so that
+``mmrlhf --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from mmrlhf.config import ConfigError, RunConfig, load_config
+
+
+def _data(cfg: RunConfig, args: argparse.Namespace) -> None:
+    from mmrlhf.stages.data import prepare_data
+
+    prepare_data(cfg, force=True)
+
+
+def _sft(cfg: RunConfig, args: argparse.Namespace) -> None:
+    from mmrlhf.stages.sft import run_sft
+
+    run_sft(cfg)
+
+
+def _feedback(cfg: RunConfig, args: argparse.Namespace) -> None:
+    from mmrlhf.stages.feedback import run_feedback_simulation
+
+    run_feedback_simulation(cfg)
+
+
+def _reward(cfg: RunConfig, args: argparse.Namespace) -> None:
+    from mmrlhf.stages.reward_train import run_reward_training
+
+    run_reward_training(cfg)
+
+
+def _rl(cfg: RunConfig, args: argparse.Namespace) -> None:
+    from mmrlhf.stages.rl import run_rl
+
+    run_rl(cfg)
+
+
+def _eval(cfg: RunConfig, args: argparse.Namespace) -> None:
+    from mmrlhf.stages.eval import print_metrics, run_eval
+
+    print_metrics(run_eval(cfg, args.policy))
+
+
+def _train(cfg: RunConfig, args: argparse.Namespace) -> None:
+    from mmrlhf.stages.train import run_train
+
+    run_train(cfg)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="experiment YAML, e.g. jobs/digits.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rl.steps=4 model.policy=tiny")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mmrlhf`` argument parser (one subparser per stage)."""
+    parser = argparse.ArgumentParser(prog="mmrlhf", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands: list[tuple[str, Callable, str]] = [
+        ("data", _data, "build the data splits as Parquet in the run directory"),
+        ("sft", _sft, "supervised fine-tuning of the policy on the labeled records"),
+        ("rl", _rl, "the distributed RL stage alone (PPO on Ray + Serve + DeepSpeed)"),
+        ("train", _train, "the whole recipe: data, sft, feedback, reward, rl, eval"),
+    ]
+    for name, fn, help_text in commands:
+        p = sub.add_parser(name, help=help_text)
+        _add_config_args(p)
+        p.set_defaults(fn=fn)
+
+    feedback = sub.add_parser("feedback", help="human feedback: simulated annotator")
+    fsub = feedback.add_subparsers(dest="action", required=True)
+    p = fsub.add_parser("simulate", help="sample K responses per prompt; a simulated annotator picks")
+    _add_config_args(p)
+    p.set_defaults(fn=_feedback)
+
+    reward = sub.add_parser("reward", help="reward model")
+    rsub = reward.add_subparsers(dest="action", required=True)
+    p = rsub.add_parser("train", help="Bradley–Terry training on the preference pairs")
+    _add_config_args(p)
+    p.set_defaults(fn=_reward)
+
+    p = sub.add_parser("eval", help="held-out exact match, BLEU, ROUGE-L, reward and gold score")
+    p.add_argument("--policy", default="sft", help="'sft', 'rl', 'init' or a policy path")
+    _add_config_args(p)
+    p.set_defaults(fn=_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mmrlhf`` console script; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"mmrlhf: config error: {exc}", file=sys.stderr)
+        return 2
+    args.fn(cfg, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

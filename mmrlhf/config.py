@@ -1,0 +1,316 @@
+"""Typed configuration for a whole run, in three layers.
+
+defaults (the dataclasses below) ← ``--config jobs/<x>.yaml`` ← ``key=value`` overrides.
+
+Merging and type checks follow OmegaConf structured configs (``OmegaConf.structured``,
+``OmegaConf.merge``, ``OmegaConf.from_dotlist``); value checks live in each dataclass's
+``__post_init__``. Every failure becomes one :class:`ConfigError` line that names the key and
+what is allowed. Each stage receives only its own sub-config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A malformed configuration: unknown key, wrong type or value out of range (one line)."""
+
+
+def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: got {value!r}, expected {allowed}")
+
+
+def _choice(key: str, value: Any, allowed: tuple) -> None:
+    _check(value in allowed, key, "one of " + ", ".join(map(str, allowed)), value)
+
+
+def _positive(key: str, value: float, zero_ok: bool = False) -> None:
+    _check(value >= 0 if zero_ok else value > 0, key, "a number >= 0" if zero_ok else "a number > 0", value)
+
+
+@dataclass
+class DataConfig:
+    """Where records come from: the embedded digits task or a user's manifest.
+
+    ``source="digits"`` builds the default from scikit-learn's scans; ``"manifest"``,
+    ``"coco"`` and ``"llava"`` read a user's files (``path``; ``image_dir`` for COCO/LLaVA).
+    ``max_image_pixels`` is the decompression-bomb cap (pixels); image URLs are refused unless
+    ``allow_urls``.
+    """
+
+    source: str = "digits"
+    path: Optional[str] = None
+    image_dir: Optional[str] = None
+    seed: int = 0
+    canvas: int = 64
+    min_digits: int = 3
+    max_digits: int = 5
+    n_sft: int = 300
+    n_feedback: int = 2000
+    n_val: int = 300
+    n_test: int = 500
+    max_image_pixels: int = 16_000_000
+    allow_urls: bool = False
+
+    def __post_init__(self) -> None:
+        _choice("data.source", self.source, ("digits", "manifest", "coco", "llava"))
+        _check(self.source == "digits" or bool(self.path), "data.path", "a file path for this source", self.path)
+        _check(1 <= self.min_digits <= self.max_digits, "data.min_digits",
+               f"1 <= min_digits <= max_digits ({self.max_digits})", self.min_digits)
+        for name in ("n_sft", "n_feedback", "n_val", "n_test", "max_image_pixels", "canvas"):
+            _positive(f"data.{name}", getattr(self, name))
+
+
+@dataclass
+class ModelConfig:
+    """Which models to load: a preset name (``tiny``, ``small``) or a checkpoint name/path.
+
+    ``policy`` goes through ``AutoModelForImageTextToText.from_pretrained``; ``reward`` through
+    ``open_clip.create_model_and_transforms`` with ``reward_pretrained`` as the tag.
+    """
+
+    policy: str = "small"
+    reward: str = "small"
+    reward_pretrained: Optional[str] = None
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning: ``epochs`` over the labeled pool, AdamW at peak ``lr`` with a
+    linear warmup over ``warmup_ratio`` of the steps, cosine decay, and clipping at ``grad_clip``."""
+
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_ratio: float = 0.05
+    grad_clip: float = 1.0
+    weight_decay: float = 0.0
+    max_new_tokens: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "lr", "max_new_tokens", "grad_clip"):
+            _positive(f"sft.{name}", getattr(self, name))
+        _check(0 <= self.warmup_ratio < 1, "sft.warmup_ratio", "a number in [0, 1)", self.warmup_ratio)
+
+
+@dataclass
+class FeedbackConfig:
+    """Simulated annotator (Christiano et al. 2017): K samples a prompt, Bradley–Terry choices.
+
+    ``bt_temperature`` scales the gold-score gap before the logistic choice; 0 means the
+    annotator always prefers the higher gold score (ties are dropped).
+    """
+
+    n_prompts: int = 600
+    samples_per_prompt: int = 4
+    sample_temperature: float = 1.0
+    bt_temperature: float = 0.05
+    annotator: str = "simulated-gold"
+
+    def __post_init__(self) -> None:
+        _positive("feedback.n_prompts", self.n_prompts)
+        _check(self.samples_per_prompt >= 2, "feedback.samples_per_prompt", "an integer >= 2", self.samples_per_prompt)
+        _positive("feedback.sample_temperature", self.sample_temperature)
+        _positive("feedback.bt_temperature", self.bt_temperature, zero_ok=True)
+
+
+@dataclass
+class RewardConfig:
+    """Reward model: contrastive warm start, Bradley–Terry training, Serve deployment.
+
+    ``clip_epochs`` of CLIP contrastive training on the labeled records come first (0 skips).
+
+    ``val_fraction`` of the prompts (not pairs, so no prompt leaks) is held out for pairwise
+    accuracy. ``max_batch_size``/``batch_wait_timeout_s`` configure ``@serve.batch``;
+    ``min_replicas``/``max_replicas`` the Serve autoscaling config. ``http`` turns on the HTTP
+    route (off by default).
+    """
+
+    clip_epochs: int = 10
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 5e-4
+    val_fraction: float = 0.2
+    max_batch_size: int = 32
+    batch_wait_timeout_s: float = 0.01
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_ongoing_requests: float = 16.0
+    http: bool = False
+    http_port: int = 8000
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "lr", "max_batch_size", "target_ongoing_requests"):
+            _positive(f"reward.{name}", getattr(self, name))
+        _check(0 < self.val_fraction < 1, "reward.val_fraction", "a number in (0, 1)", self.val_fraction)
+        _check(1 <= self.min_replicas <= self.max_replicas, "reward.min_replicas",
+               f"1 <= min_replicas <= max_replicas ({self.max_replicas})", self.min_replicas)
+
+
+@dataclass
+class RLConfig:
+    """The actor-learner loop: PPO with a KL penalty to the reference policy.
+
+    Per step: ``prompts_per_step`` prompts × ``samples_per_prompt`` samples from
+    ``rollout_workers`` workers; ``ppo_epochs`` passes over minibatches of ``minibatch_size``
+    on a ``learner_ranks``-rank DeepSpeed ZeRO-``zero_stage`` learner group.
+    """
+
+    algorithm: str = "ppo"
+    steps: int = 20
+    prompts_per_step: int = 32
+    samples_per_prompt: int = 4
+    rollout_workers: int = 2
+    learner_ranks: int = 2
+    zero_stage: int = 2
+    ppo_epochs: int = 2
+    minibatch_size: int = 64
+    lr: float = 2e-4
+    clip_eps: float = 0.2
+    value_clip_eps: float = 0.2
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    kl_coef: float = 0.02
+    kl_estimator: str = "k3"
+    kl_target: Optional[float] = None
+    gamma: float = 1.0
+    lam: float = 0.95
+    temperature: float = 1.0
+    max_new_tokens: int = 8
+    grad_clip: float = 1.0
+    max_policy_lag: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("rl.algorithm", self.algorithm, ("ppo",))
+        _choice("rl.zero_stage", self.zero_stage, (0, 1, 2, 3))
+        _choice("rl.kl_estimator", self.kl_estimator, ("k1", "k2", "k3"))
+        for name in ("steps", "prompts_per_step", "rollout_workers", "learner_ranks", "ppo_epochs",
+                     "minibatch_size", "lr", "temperature", "max_new_tokens"):
+            _positive(f"rl.{name}", getattr(self, name))
+        _check(self.samples_per_prompt >= 1, "rl.samples_per_prompt", "an integer >= 1", self.samples_per_prompt)
+        _check(0 <= self.lam <= 1, "rl.lam", "a number in [0, 1]", self.lam)
+        _check(0 <= self.gamma <= 1, "rl.gamma", "a number in [0, 1]", self.gamma)
+
+
+@dataclass
+class ResourcesConfig:
+    """Ray resources per actor kind; ``custom`` resource names place actors on node types."""
+
+    rollout_cpus: float = 1.0
+    rollout_gpus: float = 0.0
+    learner_cpus: float = 1.0
+    learner_gpus: float = 0.0
+    reward_cpus: float = 1.0
+    reward_gpus: float = 0.0
+    rollout_resource: Optional[str] = None
+    learner_resource: Optional[str] = None
+    reward_resource: Optional[str] = None
+    num_cpus: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float):
+                _positive(f"resources.{f.name}", value, zero_ok=True)
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation: greedy decoding on ``split``; ``n_review`` samples kept for people."""
+
+    split: str = "test"
+    batch_size: int = 64
+    max_new_tokens: int = 8
+    n_review: int = 50
+
+    def __post_init__(self) -> None:
+        _choice("eval.split", self.split, ("val", "test"))
+
+
+@dataclass
+class RunConfig:
+    """A whole run. ``run_dir`` holds every stage's outputs; ``seed`` seeds everything."""
+
+    run_dir: str = "runs/digits"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_path(self) -> Path:
+        """The run directory as a ``Path``."""
+        return Path(self.run_dir)
+
+
+def _allowed_keys(full_key: str) -> list[str]:
+    node: Any = RunConfig
+    for part in full_key.split(".")[:-1]:
+        hints = {f.name: f for f in dataclasses.fields(node)}
+        if part not in hints:
+            return []
+        node = hints[part].default_factory  # type: ignore[assignment]
+    return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
+
+
+def _one_line(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None) or "config"
+    msg = str(exc).splitlines()[0]
+    if isinstance(exc, ConfigKeyError):
+        allowed = _allowed_keys(key)
+        if allowed:
+            msg = f"unknown key; allowed here: {', '.join(allowed)}"
+    return f"{key}: {msg}"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Build a :class:`RunConfig` from defaults ← YAML file ← ``key=value`` overrides.
+
+    ``overrides`` use dotted keys (``rl.steps=4``, ``model.policy=tiny``).
+
+    Raises:
+        ConfigError: unknown key, wrong type, value out of range, malformed override or YAML.
+        FileNotFoundError: ``path`` does not exist.
+    """
+    base = OmegaConf.structured(RunConfig)
+    layers = []
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        try:
+            layers.append(OmegaConf.load(path))
+        except Exception as exc:  # yaml.YAMLError and friends: re-raised as one line
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. rl.steps=4")
+    try:
+        layers.append(OmegaConf.from_dotlist(list(overrides or [])))
+        merged = OmegaConf.merge(base, *layers)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_one_line(exc)) from exc
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain ``dict`` of a config dataclass (for logging and run directories)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write ``cfg`` as YAML (the resolved config of a run, for reproducibility)."""
+    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))

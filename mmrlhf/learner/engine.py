@@ -1,0 +1,151 @@
+"""DeepSpeed setup for one learner rank: the config, the engine, and a full-weight gather.
+
+ZeRO (Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward Training Trillion Parameter
+Models") partitions across the data-parallel ranks the optimizer states (stage 1), also the
+gradients (stage 2), also the parameters (stage 3); stage 0 is plain data parallelism. Every stage
+computes the same update as one process on the whole batch, so the choice is about memory only.
+
+The optimizer is always `torch.optim.AdamW`, built here and handed to `deepspeed.initialize`.
+DeepSpeed's own AdamW (the config's `optimizer` section) means FusedAdam, which needs CUDA or a
+compiled CPU op; `torch.optim.AdamW` runs everywhere, and it is on DeepSpeed's list of optimizers
+supported by ZeRO (`deepspeed/runtime/zero/utils.py: ZERO_SUPPORTED_OPTIMIZERS`), so no
+`zero_allow_untested_optimizer` is needed.
+
+DeepSpeed picks its accelerator once, when `deepspeed` is first imported: set `DS_ACCELERATOR=cpu`
+in the environment of the process before that (the learner group does it through the actor's
+`runtime_env`); without it DeepSpeed falls back to the CPU anyway when it finds no GPU.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import deepspeed
+import torch
+from deepspeed import DeepSpeedEngine
+from torch import Tensor, nn
+
+ADAMW_BETAS = (0.9, 0.999)
+ADAMW_EPS = 1e-8
+
+
+def backend() -> str:
+    """The torch.distributed backend for this machine: "nccl" with CUDA, else "gloo"."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def deepspeed_config(
+    zero_stage: int,
+    micro_batch_size: int,
+    grad_accum: int,
+    lr: float,
+    weight_decay: float,
+    grad_clip: float,
+    bf16: bool = False,
+) -> dict:
+    """A DeepSpeed config dict (DeepSpeed docs, "Configuration JSON") for one learner group.
+
+    zero_stage: 0, 1, 2 or 3. micro_batch_size: samples per rank per forward/backward.
+    grad_accum: micro-batches per optimizer step, so one step sees
+    micro_batch_size * grad_accum * world_size samples (DeepSpeed derives `train_batch_size`).
+    lr, weight_decay: AdamW's (Loshchilov & Hutter 2019; decoupled decay). grad_clip: max global
+    L2 norm of the gradient, 0 for no clipping. bf16: bfloat16 weights and activations with fp32
+    master weights; off by default because CPUs without bf16 units run it slowly.
+    The `optimizer` section is read by `init_engine`, which builds `torch.optim.AdamW` from it.
+    Raises ValueError naming the argument and the allowed values.
+    """
+    if zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"deepspeed_config: zero_stage={zero_stage!r}, allowed 0, 1, 2, 3")
+    for name, value in (("micro_batch_size", micro_batch_size), ("grad_accum", grad_accum)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"deepspeed_config: {name}={value!r}, must be an int >= 1")
+    if lr <= 0:
+        raise ValueError(f"deepspeed_config: lr={lr!r}, must be > 0")
+    if weight_decay < 0:
+        raise ValueError(f"deepspeed_config: weight_decay={weight_decay!r}, must be >= 0")
+    if grad_clip < 0:
+        raise ValueError(
+            f"deepspeed_config: grad_clip={grad_clip!r}, must be >= 0 (0: no clipping)"
+        )
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "gradient_clipping": float(grad_clip),
+        "zero_optimization": {"stage": zero_stage},
+        "bf16": {"enabled": bool(bf16)},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": float(lr),
+                "weight_decay": float(weight_decay),
+                "betas": list(ADAMW_BETAS),
+                "eps": ADAMW_EPS,
+            },
+        },
+        # DeepSpeed's periodic progress lines would interleave with the run's own logging.
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+def init_engine(
+    model: nn.Module, cfg_dict: dict, optimizer: torch.optim.Optimizer | None = None
+) -> DeepSpeedEngine:
+    """Wrap `model` in a DeepSpeed engine (`deepspeed.initialize`) on this rank.
+
+    model: the full model, same initial weights on every rank. cfg_dict: from `deepspeed_config`
+    (not modified). optimizer: None builds `torch.optim.AdamW` from cfg_dict["optimizer"]; a
+    given optimizer requires a config without that section.
+    Needs torch.distributed set up (`deepspeed.init_distributed`); collective over all ranks.
+    Raises ValueError when the optimizer is given twice, or neither given nor AdamW.
+    """
+    cfg = copy.deepcopy(cfg_dict)
+    section = cfg.pop("optimizer", None)
+    if optimizer is not None and section is not None:
+        raise ValueError(
+            "init_engine: an optimizer was passed and the config has an `optimizer` section; "
+            "remove one of them"
+        )
+    if optimizer is None:
+        if section is None or str(section.get("type", "")).lower() != "adamw":
+            raise ValueError(
+                f"init_engine: config `optimizer` section is {section!r}; expected type AdamW "
+                "(from deepspeed_config) or pass an optimizer"
+            )
+        params = section.get("params", {})
+        optimizer = torch.optim.AdamW(
+            model.parameters(),
+            lr=params["lr"],
+            weight_decay=params.get("weight_decay", 0.0),
+            betas=tuple(params.get("betas", ADAMW_BETAS)),
+            eps=params.get("eps", ADAMW_EPS),
+        )
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=cfg)
+    return engine
+
+
+def _is_zero3_partitioned(tensor: Tensor) -> bool:
+    # ZeRO-3 tags the parameters it partitions with a `ds_id`; buffers are never partitioned.
+    return hasattr(tensor, "ds_id")
+
+
+def gather_full_state_dict(engine: DeepSpeedEngine) -> dict[str, Tensor]:
+    """The model's full, unsharded state dict as CPU tensors, on rank 0; {} on the other ranks.
+
+    Keys and shapes are those of `engine.module.state_dict()` on the unwrapped model (parameters
+    and persistent buffers; tied weights appear under each name). Dtype is the engine's module
+    dtype (bf16 when the config enables it). Under ZeRO-3 each parameter is gathered in turn with
+    `deepspeed.zero.GatheredParameters` (DeepSpeed docs, "ZeRO-3: gathering parameters"), so peak
+    extra memory is one full parameter, not the whole model; that gather is collective, so every
+    rank must call this function, in the same order relative to other collectives.
+    """
+    rank = torch.distributed.get_rank()
+    full: dict[str, Tensor] = {}
+    for name, tensor in engine.module.state_dict(keep_vars=True).items():
+        if _is_zero3_partitioned(tensor):
+            with deepspeed.zero.GatheredParameters([tensor], modifier_rank=None):
+                if rank == 0:
+                    full[name] = tensor.detach().to("cpu", copy=True)
+        elif rank == 0:
+            full[name] = tensor.detach().to("cpu", copy=True)
+    return full

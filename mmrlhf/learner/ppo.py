@@ -1,0 +1,142 @@
+"""PPO on one learner rank: experience from a scored rollout, then epochs of clipped updates.
+
+Follows PPO for language models as in Ziegler et al. 2019 / Ouyang et al. 2022: the sequence
+score lands on the last real response token, each token pays ``kl_coef * KL(π‖π_ref)``, GAE
+(Schulman et al. 2016) over the response, advantages whitened with statistics all-reduced over
+the ranks, clipped surrogate and clipped value loss (Schulman et al. 2017). The math is the
+pure functions of ``mmrlhf.algorithms``; this module only feeds them and reduces across ranks.
+
+Sharding invariance: each minibatch loss is a masked *sum* divided by the global number of
+real tokens of that minibatch (all ranks together), times the world size because DeepSpeed
+averages gradients over ranks; the step then equals one step on the unsharded minibatch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from mmrlhf.algorithms import gae, kl_estimate, masked_mean, masked_whiten, ppo_loss, token_rewards
+from mmrlhf.config import RLConfig
+from mmrlhf.learner.worker import LearnerWorker
+from mmrlhf.models.policy import PromptBatch, load_policy, response_logprobs
+from mmrlhf.models.value import ActorCritic
+
+POLICY_PREFIX = "policy."
+
+
+def actor_critic_factory(policy_path: str) -> Callable[[], ActorCritic]:
+    """A picklable factory of the actor-critic (policy + fresh value head) loaded from ``policy_path``."""
+    return _ActorCriticFactory(policy_path)
+
+
+class _ActorCriticFactory:
+    def __init__(self, policy_path: str) -> None:
+        self.policy_path = policy_path
+
+    def __call__(self) -> ActorCritic:
+        return ActorCritic(load_policy(self.policy_path)[0])
+
+
+def _all_reduce_sum(*values: float | Tensor) -> list[float]:
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+class PPOLearner(LearnerWorker):
+    """A learner rank that also holds the frozen reference policy and this rank's experience.
+
+    Args (beyond :class:`LearnerWorker`'s):
+        ref_policy_path: the reference policy (the SFT policy), loaded frozen on every rank.
+        rl: the PPO settings (``RLConfig``).
+    """
+
+    def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int,
+                 model_factory: Callable, ds_config: dict, seed: int = 0,
+                 ref_policy_path: str = "", rl: RLConfig | None = None) -> None:
+        torch.set_num_threads(1)
+        super().__init__(rank, world_size, master_addr, master_port, model_factory, ds_config, seed)
+        self.rl = rl or RLConfig()
+        self.ref_policy = load_policy(ref_policy_path)[0].eval().requires_grad_(False)
+        self.experience: dict[str, Tensor] = {}
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _forward(self, b: dict[str, Tensor]):
+        return self.engine(b["input_ids"], b["attention_mask"], b["pixel_values"],
+                           b["response_ids"], b["response_mask"], self.rl.temperature)
+
+    @torch.no_grad()
+    def make_experience(self, shard: dict[str, Tensor], kl_coef: float) -> dict[str, float]:
+        """Old/ref log-probs, values, rewards, GAE advantages and returns for this rank's shard.
+
+        ``shard``: ``input_ids``/``attention_mask`` (B, T), ``pixel_values`` (B, 3, H, W),
+        ``response_ids``/``response_mask``/``logprobs`` (B, R), ``scores`` (B,) (NaN: unscored,
+        masked out). Stores the experience on the rank; returns metrics reduced over ranks.
+        """
+        scored = torch.isfinite(shard["scores"])
+        mask = shard["response_mask"].float() * scored[:, None]
+        scores = torch.where(scored, shard["scores"], torch.zeros_like(shard["scores"]))
+        self.engine.eval()
+        old_logprobs, _, values = self._forward(shard)
+        batch = PromptBatch(shard["input_ids"], shard["attention_mask"], shard["pixel_values"])
+        ref_logprobs, _, _ = response_logprobs(self.ref_policy, batch, shard["response_ids"], mask,
+                                               self.rl.temperature)
+        # ALGO: per-token KL penalty to the reference policy; the score on the last real token.
+        kl = kl_estimate(old_logprobs, ref_logprobs, self.rl.kl_estimator) * mask
+        rewards = token_rewards(scores, kl, mask, kl_coef)
+        advantages, returns = gae(rewards, values, mask, self.rl.gamma, self.rl.lam)
+        # ALGO: whiten advantages with the statistics of the whole batch, over every rank.
+        n, total, total_sq = _all_reduce_sum(mask.sum(), (advantages * mask).sum(), (advantages**2 * mask).sum())
+        mean = total / max(n, 1.0)
+        var = max(total_sq / max(n, 1.0) - mean**2, 0.0) * n / max(n - 1, 1.0)
+        self.experience = {**shard, "response_mask": mask, "old_logprobs": old_logprobs, "values": values,
+                           "advantages": masked_whiten(advantages, mask, mean=torch.tensor(mean), var=torch.tensor(var)),
+                           "returns": returns}
+        sums = _all_reduce_sum(
+            (kl.sum(-1) * scored).sum(), scores.sum(), scored.sum(), mask.sum(),
+            ((shard["logprobs"] - old_logprobs).abs() * mask).sum(), len(scored))
+        kl_sum, score_sum, n_scored, n_tokens, mismatch, n_rows = sums
+        return {"rollout/kl": kl_sum / max(n_scored, 1.0), "rollout/score": score_sum / max(n_scored, 1.0),
+                "rollout/unscored": n_rows - n_scored, "rollout/response_tokens": n_tokens / max(n_rows, 1.0),
+                "rollout/logprob_mismatch": mismatch / max(n_tokens, 1.0)}
+
+    def _minibatch_loss(self, model: Any, b: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        (n_tokens,) = _all_reduce_sum(b["response_mask"].sum())
+        logprobs, entropy, values = self._forward(b)
+        loss, metrics = ppo_loss(
+            logprobs, b["old_logprobs"], b["advantages"], b["response_mask"],
+            values=values, old_values=b["values"], returns=b["returns"], entropy=entropy,
+            clip_eps=self.rl.clip_eps, value_clip_eps=self.rl.value_clip_eps,
+            vf_coef=self.rl.vf_coef, ent_coef=self.rl.ent_coef, normalizer=n_tokens)
+        metrics["ppo/entropy"] = masked_mean(entropy.detach(), b["response_mask"])
+        return loss * self.world_size, metrics
+
+    def update(self) -> dict[str, float]:
+        """``ppo_epochs`` passes over this rank's experience in minibatches; metrics averaged.
+
+        Every rank draws the same permutation (same seed), so all ranks step together.
+        """
+        if not self.experience:
+            raise RuntimeError("PPOLearner.update: call make_experience first")
+        self.engine.train()
+        n = len(self.experience["scores"])
+        per_rank = max(1, self.rl.minibatch_size // self.world_size)
+        history: list[dict[str, float]] = []
+        for _ in range(self.rl.ppo_epochs):
+            order = torch.randperm(n, generator=self.generator)
+            for start in range(0, n, per_rank):
+                idx = order[start:start + per_rank]
+                minibatch = {k: v[idx] for k, v in self.experience.items()}
+                history.append(self.train_step(minibatch, self._minibatch_loss))
+        return {k: sum(h[k] for h in history) / len(history) for k in history[0]}
+
+    def policy_state_dict_for_sync(self) -> dict[str, Tensor] | None:
+        """Rank 0: the policy's full weights (no value head) under the policy's own key names."""
+        full = self.state_dict_for_sync()
+        if full is None:
+            return None
+        return {k[len(POLICY_PREFIX):]: v for k, v in full.items() if k.startswith(POLICY_PREFIX)}

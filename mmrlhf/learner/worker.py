@@ -1,0 +1,186 @@
+"""One learner rank: a DeepSpeed engine over a model, driven by a loss function passed in.
+
+`LearnerWorker` is a plain class; `learner/group.py` turns it into a Ray actor with
+`ray.remote(...)(LearnerWorker)`, one per rank. Algorithms stay out of it and come in as
+functions: a step is `train_step(batch, loss_fn)` with any `loss_fn(model, batch) -> (loss,
+metrics)` (PPO's update passes its PPO loss), and other per-rank work is `call(batch, fn=...)`
+(PPO's experience pass), so no subclass is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Callable
+
+import deepspeed
+import ray
+import torch
+from torch import Tensor, nn
+
+from mmrlhf.learner.engine import backend, gather_full_state_dict, init_engine
+from mmrlhf.sync import state_dict_hash
+
+LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict[str, float | Tensor]]]
+
+
+def shard_batch(batch: dict[str, Tensor], rank: int, world_size: int) -> dict[str, Tensor]:
+    """Block `rank` of `world_size` contiguous equal blocks along dim 0 of every tensor in `batch`.
+
+    batch: {key: (B, ...)} with the same B for all keys, B divisible by `world_size`.
+    Returns {key: (B // world_size, ...)} (views, no copy); rank r gets rows
+    [r * B // world_size, (r + 1) * B // world_size). Also splits a shard into micro-batches.
+    Raises TypeError for a value that isn't a tensor with a batch dimension, ValueError for an
+    empty batch or unequal or indivisible leading sizes, naming the keys.
+    """
+    sizes = {}
+    for key, value in batch.items():
+        if not isinstance(value, Tensor) or value.dim() == 0:
+            raise TypeError(f"shard_batch: batch[{key!r}] must be a tensor with a batch dimension")
+        sizes[key] = value.shape[0]
+    if not sizes:
+        raise ValueError("shard_batch: batch is empty")
+    size = next(iter(sizes.values()))
+    if any(s != size for s in sizes.values()):
+        raise ValueError(f"shard_batch: leading sizes differ across keys: {sizes}")
+    if size % world_size:
+        raise ValueError(
+            f"shard_batch: batch size {size} does not split into {world_size} equal blocks"
+        )
+    block = size // world_size
+    return {key: value[rank * block : (rank + 1) * block] for key, value in batch.items()}
+
+
+class LearnerWorker:
+    """One data-parallel rank of the learner group (DeepSpeed ZeRO stage from the config).
+
+    rank, world_size: this rank's index and the number of ranks. master_addr, master_port:
+    rank 0's node IP and a free TCP port there (`get_address_and_port`), the rendezvous of
+    `torch.distributed` (env:// init). model_factory: builds the full model; called after
+    `torch.manual_seed(seed)` so every rank starts from the same weights. ds_config: from
+    `learner.engine.deepspeed_config`.
+    Construction is collective: it blocks until all `world_size` ranks have joined, so create
+    all ranks concurrently. Raises whatever `torch.distributed` raises on a failed rendezvous
+    (e.g. a timeout when a rank never comes up).
+    """
+
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        master_addr: str,
+        master_port: int,
+        model_factory: Callable[[], nn.Module],
+        ds_config: dict,
+        seed: int = 0,
+    ) -> None:
+        # Each rank runs in its own Ray actor, which sees only its own GPU(s) through
+        # CUDA_VISIBLE_DEVICES, so its local device index is always 0.
+        os.environ.update(
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+            RANK=str(rank),
+            LOCAL_RANK="0",
+            WORLD_SIZE=str(world_size),
+        )
+        deepspeed.init_distributed(dist_backend=backend())
+        self.rank = rank
+        self.world_size = world_size
+        torch.manual_seed(seed)
+        self.engine = init_engine(model_factory(), ds_config)
+
+    @staticmethod
+    def get_address_and_port() -> tuple[str, int]:
+        """(this node's IP as Ray sees it, a TCP port free on it right now).
+
+        Run on rank 0's node (a Ray task in rank 0's placement-group bundle). The port is
+        released before `torch.distributed` binds it, so another process could take it in
+        between; the rendezvous then fails with "address already in use" and the group can
+        be created again.
+        """
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("", 0))
+            port = sock.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def describe(self) -> dict:
+        """Rank facts: rank, world_size, backend, zero_stage, local/full parameter counts.
+
+        `local_numel` counts the parameter elements this rank holds: under ZeRO-3 about
+        full_numel / world_size (the rest lives on other ranks), otherwise full_numel.
+        """
+        params = list(self.engine.module.parameters())
+        return {
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "backend": torch.distributed.get_backend(),
+            "zero_stage": self.engine.zero_optimization_stage(),
+            "local_numel": sum(p.numel() for p in params),
+            "full_numel": sum(getattr(p, "ds_numel", p.numel()) for p in params),
+        }
+
+    def call(self, *batches: dict[str, Tensor], fn: Callable[..., Any], **kwargs: Any) -> Any:
+        """`fn(engine, *batches, **kwargs)` on this rank: the hook for work other than a step.
+
+        E.g. PPO's experience pass (old/ref log-probs, values) is a function of the engine and
+        this rank's shard, run on every rank with `LearnerGroup.run("call", batch, fn=...)`.
+        Under ZeRO-3 a forward pass is collective, so every rank must run the same calls.
+        """
+        return fn(self.engine, *batches, **kwargs)
+
+    def train_step(self, batch: dict[str, Tensor], loss_fn: LossFn) -> dict[str, float]:
+        """One optimizer step on this rank's shard, through the DeepSpeed engine.
+
+        batch: this rank's shard, {key: (B_rank, ...)}; it is split into the config's
+        `gradient_accumulation_steps` equal micro-batches (the shard size, not the config's
+        micro-batch size, decides how big they are). loss_fn(model, micro_batch) returns
+        (scalar loss, {metric: float or 0-dim tensor}); `model` is the engine, whose call runs
+        the module's forward under ZeRO's hooks and whose attributes fall through to the module.
+        DeepSpeed averages gradients over micro-batches and ranks, so with equal shards the step
+        equals one step on the whole batch's mean loss.
+        Collective: every rank must call it with a shard of the same size, and `loss_fn` must
+        return the same metric keys on every rank (they are all-reduced as one vector).
+        Returns the mean over micro-batches and ranks of {"learner/loss", **metrics}, plus
+        "learner/grad_norm" (global L2 norm before clipping) when the ZeRO stage reports one
+        (stages 1-3; not stage 0).
+        Raises ValueError when the shard doesn't split into the micro-batches.
+        """
+        accum = self.engine.gradient_accumulation_steps()
+        sums: dict[str, float] = {}
+        for i in range(accum):
+            micro_batch = shard_batch(batch, i, accum)
+            loss, metrics = loss_fn(self.engine, micro_batch)
+            self.engine.backward(loss)
+            self.engine.step()
+            for key, value in {"learner/loss": loss, **metrics}.items():
+                sums[key] = sums.get(key, 0.0) + float(value) / accum
+        grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is not None:
+            sums["learner/grad_norm"] = float(grad_norm)
+        return self._mean_across_ranks(sums)
+
+    def _mean_across_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
+        keys = sorted(metrics)
+        values = torch.tensor(
+            [metrics[k] for k in keys], dtype=torch.float64, device=self.engine.device
+        )
+        torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
+        return {k: v / self.world_size for k, v in zip(keys, values.tolist())}
+
+    def state_dict_for_sync(self) -> dict[str, Tensor] | None:
+        """Full CPU weights on rank 0 (see `engine.gather_full_state_dict`), None on others.
+
+        Collective under ZeRO-3: call it on every rank.
+        """
+        full = gather_full_state_dict(self.engine)
+        return full if self.rank == 0 else None
+
+    def get_param_hash(self) -> str | None:
+        """`sync.state_dict_hash` of the full weights on rank 0, None on others. Collective."""
+        full = gather_full_state_dict(self.engine)
+        return state_dict_hash(full) if self.rank == 0 else None
+
+    def shutdown(self) -> None:
+        """Leave the process group, so the actor can exit without a dangling communicator."""
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -1,0 +1,171 @@
+"""Reward model: a CLIP dual encoder plus a learned scoring head.
+
+CLIP (Radford et al. 2021) via open_clip: image tower and text tower map into one embedding
+space; their cosine similarity is the zero-shot match score (CLIPScore, Hessel et al. 2021).
+The head turns that into a reward trained with Bradley–Terry on preference pairs:
+
+    score = w * cos(e_img, e_txt) + b + MLP(e_img * e_txt)      e_*: L2-normalised, (B, E)
+
+`w` starts at CLIP's own logit scale exp(logit_scale) and `b` at 0; the MLP's last layer starts
+at zero, so an untrained head reproduces CLIP's similarity logit and training only adds to it.
+Weights are saved and loaded as safetensors only; nothing here ever unpickles a file.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from mmrlhf.models.policy import as_rgb_uint8
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT = "mmrlhf-reward-model"
+
+_config_dir: tempfile.TemporaryDirectory | None = None  # holds the JSONs open_clip re-reads on each registration
+
+
+def register_clip_config(name: str, config: dict) -> None:
+    """Make `name` an open_clip model name for `config` (keys `embed_dim`, `vision_cfg`, `text_cfg`).
+
+    Writes `<name>.json` to a per-process temporary folder and calls `open_clip.add_model_config`.
+    A registration replaces an earlier one of the same name. Raises ValueError on a config that
+    lacks one of the three keys (open_clip would silently ignore it).
+    """
+    global _config_dir
+    missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in config]
+    if missing:
+        raise ValueError(f"open_clip config {name!r}: missing keys {missing}")
+    if open_clip.get_model_config(name) == config:
+        return
+    if _config_dir is None:
+        _config_dir = tempfile.TemporaryDirectory(prefix="mmrlhf-open-clip-")
+    path = Path(_config_dir.name) / f"{name}.json"
+    path.write_text(json.dumps(config))
+    open_clip.add_model_config(path)
+
+
+def build_clip(name: str, pretrained: str | None = None, preprocess_cfg: dict | None = None):
+    """Create an open_clip model: `open_clip.create_model_and_transforms(name, pretrained=...)`.
+
+    name: a registered name (built-in like "ViT-B-32", or one from `register_clip_config`).
+    pretrained: an open_clip tag ("laion2b_s34b_b79k", downloads) or None for random weights.
+    preprocess_cfg: overrides of the image transform (`mean`, `std`, `interpolation`,
+    `resize_mode`), used when reloading a model whose tag chose them.
+    Returns (clip, image_transform: PIL image -> (3, H, W) float tensor, tokenizer: list[str] -> (B, L)).
+    Raises ValueError for an unknown name.
+    """
+    if open_clip.get_model_config(name) is None:
+        raise ValueError(f"open_clip model {name!r} is not registered; known: {open_clip.list_models()[:8]}...")
+    cfg = preprocess_cfg or {}
+    clip, _, image_transform = open_clip.create_model_and_transforms(
+        name,
+        pretrained=pretrained,
+        image_mean=cfg.get("mean"),
+        image_std=cfg.get("std"),
+        image_interpolation=cfg.get("interpolation"),
+        image_resize_mode=cfg.get("resize_mode"),
+    )
+    return clip, image_transform, open_clip.get_tokenizer(name)
+
+
+class RewardModel(nn.Module):
+    """CLIP dual encoder + scoring head; `forward(pixel_values, text_tokens) -> scores (B,)`.
+
+    clip_name / pretrained: as in `build_clip`. head_hidden: width of the head's MLP.
+    Source: CLIP, Radford et al. 2021 via open_clip; head as in the module docstring.
+    """
+
+    def __init__(self, clip_name: str, pretrained: str | None = None, head_hidden: int = 64,
+                 preprocess_cfg: dict | None = None):
+        super().__init__()
+        self.clip, self.image_transform, self.tokenizer = build_clip(clip_name, pretrained, preprocess_cfg)
+        self.clip_name, self.pretrained, self.head_hidden = clip_name, pretrained, head_hidden
+        embed_dim = open_clip.get_model_config(clip_name)["embed_dim"]
+        self.scale = nn.Parameter(self.clip.logit_scale.detach().exp().clone().reshape(()))
+        self.bias = nn.Parameter(torch.zeros(()))
+        self.mlp = nn.Sequential(nn.Linear(embed_dim, head_hidden), nn.GELU(), nn.Linear(head_hidden, 1))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, pixel_values: torch.Tensor, text_tokens: torch.Tensor) -> torch.Tensor:
+        """pixel_values (B, 3, H, W) from `preprocess`; text_tokens (B, L) from `tokenize` -> scores (B,)."""
+        image_emb = self.clip.encode_image(pixel_values, normalize=True)  # (B, E)
+        text_emb = self.clip.encode_text(text_tokens, normalize=True)  # (B, E)
+        joint = image_emb * text_emb  # (B, E); sums to the cosine
+        return self.scale * joint.sum(-1) + self.bias + self.mlp(joint).squeeze(-1)
+
+    def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
+        """uint8 images (H, W) grayscale or (H, W, 3) RGB -> (B, 3, S, S) float, CLIP-normalised.
+
+        Uses the open_clip evaluation transform (resize, centre crop, normalise).
+        Raises ValueError naming the index of a non-uint8 or badly shaped image.
+        """
+        return torch.stack([self.image_transform(Image.fromarray(as_rgb_uint8(im, i))) for i, im in enumerate(images)])
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """texts -> (B, L) int64 tokens, L = the text tower's context length (longer texts are cut).
+
+        An empty text encodes as start + end tokens only, so its score is still finite.
+        """
+        return self.tokenizer(list(texts))
+
+    def config(self) -> dict:
+        """What `config.json` holds: format tag, open_clip name and config, tag, preprocessing, head width."""
+        return {
+            "format": FORMAT,
+            "clip_model": self.clip_name,
+            "clip_config": open_clip.get_model_config(self.clip_name),
+            "pretrained": self.pretrained,
+            "preprocess_cfg": dict(self.clip.visual.preprocess_cfg),
+            "head_hidden": self.head_hidden,
+        }
+
+    def save_pretrained(self, out_dir: str | Path) -> Path:
+        """Write `config.json` (open_clip name and config, preprocessing, head sizes) and `model.safetensors`."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2))
+        save_model(self, str(out_dir / WEIGHTS_FILE))
+        return out_dir
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> "RewardModel":
+        """Rebuild from `save_pretrained` output; reads only `config.json` and `model.safetensors`.
+
+        Raises FileNotFoundError naming a missing file, ValueError for a foreign config.json.
+        """
+        config = read_config(model_dir)
+        register_clip_config(config["clip_model"], config["clip_config"])
+        model = cls(config["clip_model"], None, config["head_hidden"], config["preprocess_cfg"])
+        model.load_weights(model_dir)
+        return model.to(device)
+
+    def load_weights(self, model_dir: str | Path) -> None:
+        """Copy the safetensors weights of `model_dir` into this model in place (strict key match).
+
+        Raises FileNotFoundError if `model.safetensors` is missing, RuntimeError on a key or shape mismatch.
+        """
+        path = Path(model_dir) / WEIGHTS_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"reward model weights not found: {path}")
+        load_model(self, str(path), strict=True, device=str(self.bias.device))
+
+
+def read_config(model_dir: str | Path) -> dict:
+    """The `config.json` of a saved reward model. Raises FileNotFoundError / ValueError naming the path."""
+    path = Path(model_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"reward model config not found: {path}")
+    config = json.loads(path.read_text())
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a reward model config (format={config.get('format')!r}, expected {FORMAT!r})")
+    return config

@@ -1,0 +1,311 @@
+"""The reward model on Ray Serve: a thin deployment around a scorer (`RewardScorer` by default).
+
+One class, `RewardDeployment` (Ray Serve docs: "Dynamic Request Batching", "In-place updates
+through user_config", "Custom health checks", "FastAPI HTTP deployments"):
+- rollout workers call `handle.score.remote(images, texts)` through a `DeploymentHandle`; each
+  item goes separately into the `@serve.batch` queue, so concurrent callers share batches;
+- weights come from `user_config` ({"weights_dir": ..., "version": ...}) through `reconfigure`.
+  Updated declaratively (`serve deploy` config, KubeRay RayService, Serve REST API), a new
+  user_config alone reaches the live replicas, whose `reconfigure` swaps the weights in place
+  (`load_weights`). Redeployed from Python (`deploy_reward`, i.e. `serve.run`), Serve gives the
+  deployment a new random code version each time, so it replaces the replicas with new ones
+  (rolling update) that load the new weights at start (checked with Ray 2.60);
+- `check_health` scores a fixed image and fails on a missing scorer or a non-finite score;
+- POST `/score` takes {"items": [{"image_png_base64", "text"}]} and returns
+  {"scores", "version"}, for clients outside the cluster. The HTTP route is off by default
+  (`deploy_reward(route_prefix=None)` runs Serve without any HTTP proxy): Serve's proxy does not
+  check Ray's auth token, so anything that can reach the port can use the model.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the route's parameter types at
+# runtime, and Serve's class-based view can't resolve them from strings (the body model would
+# silently become a required query parameter).
+import asyncio
+import base64
+import binascii
+import io
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+from fastapi import FastAPI, HTTPException
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, Field
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+
+MAX_ITEMS_PER_REQUEST = 256
+MAX_IMAGE_PIXELS = 4096 * 4096  # decoded width x height; larger images are refused, not resized
+HEALTH_IMAGE = np.full((8, 8), 128, dtype=np.uint8)  # (H, W) mid-grey
+HEALTH_TEXT = "health check"
+
+
+class Scorer(Protocol):
+    """What the deployment needs from a scorer (`mmrlhf.reward.scorer.RewardScorer` has it).
+
+    score: images, each uint8 (H, W) or (H, W, 3), and as many texts -> float32 (B,) scores.
+    load_weights: replace the weights in place from a directory.
+    """
+
+    def score(self, images: list[np.ndarray], texts: list[str]) -> np.ndarray: ...
+
+    def load_weights(self, weights_dir: str) -> None: ...
+
+
+ScorerFactory = Callable[[dict], Scorer]
+
+
+def default_scorer_factory(user_config: dict) -> Scorer:
+    """`RewardScorer.from_pretrained(user_config["weights_dir"], device=...)`.
+
+    The device is user_config["device"], default "cpu"; read once, when the replica builds its
+    scorer.
+    """
+    # Imported here so the module (and its tests) don't need open_clip; replicas do.
+    from mmrlhf.reward.scorer import RewardScorer
+
+    device = user_config.get("device", "cpu")
+    return RewardScorer.from_pretrained(user_config["weights_dir"], device=device)
+
+
+def _loaded(scorer: Scorer | None) -> Scorer:
+    if scorer is None:
+        raise RuntimeError(
+            "RewardDeployment: no scorer loaded; deploy with user_config={'weights_dir': ...}"
+        )
+    return scorer
+
+
+def check_scorer_health(scorer: Scorer | None) -> None:
+    """Raise RuntimeError when there is no scorer, or its score of a fixed grey image isn't
+    one finite float."""
+    scores = np.asarray(_loaded(scorer).score([HEALTH_IMAGE], [HEALTH_TEXT]))
+    if scores.shape != (1,) or not np.isfinite(scores).all():
+        raise RuntimeError(
+            f"RewardDeployment: self-test score is {scores!r}, expected one finite float"
+        )
+
+
+def decode_image(image_base64: str, where: str) -> np.ndarray:
+    """Base64 image bytes (PNG, or any format Pillow reads) -> uint8 (H, W) or (H, W, 3).
+
+    Black-and-white and 8-bit grey images stay (H, W); every other mode becomes RGB (H, W, 3).
+    where: names the item in error messages, e.g. "items[3]".
+    Raises ValueError naming `where` for bad base64, bytes that aren't an image, a truncated
+    image, or one above MAX_IMAGE_PIXELS (checked before decoding the pixels).
+    """
+    try:
+        raw = base64.b64decode(image_base64, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise ValueError(f"{where}.image_png_base64: not valid base64 ({err})") from None
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ValueError(
+                    f"{where}.image_png_base64: image is {width}x{height}, above the "
+                    f"{MAX_IMAGE_PIXELS}-pixel limit"
+                )
+            converted = image.convert("L" if image.mode in ("1", "L") else "RGB")
+            return np.array(converted, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+        raise ValueError(f"{where}.image_png_base64: not a decodable image ({err})") from None
+
+
+def _check_inputs(images: list[np.ndarray], texts: list[str]) -> None:
+    if len(images) != len(texts):
+        raise ValueError(f"RewardDeployment.score: {len(images)} images but {len(texts)} texts")
+    for i, image in enumerate(images):
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+            raise ValueError(f"RewardDeployment.score: images[{i}] must be a uint8 ndarray")
+        if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+            raise ValueError(
+                f"RewardDeployment.score: images[{i}] has shape {image.shape}, "
+                "expected (H, W) or (H, W, 3)"
+            )
+
+
+class ScoreItem(BaseModel):
+    """One HTTP item: a base64 PNG (or other Pillow-readable) image and the text to score."""
+
+    image_png_base64: str
+    text: str
+
+
+class ScoreRequest(BaseModel):
+    """HTTP request body: 1 to MAX_ITEMS_PER_REQUEST items."""
+
+    items: list[ScoreItem] = Field(min_length=1, max_length=MAX_ITEMS_PER_REQUEST)
+
+
+class ScoreResponse(BaseModel):
+    """HTTP response: one score per item, in order, and the weights version that scored them
+    (the lowest, if a weight swap landed between the request's batches)."""
+
+    scores: list[float]
+    version: int
+
+
+app = FastAPI(title="mmrlhf reward model")
+
+
+@serve.deployment
+@serve.ingress(app)
+class RewardDeployment:
+    """Serve deployment scoring (image, text) pairs with a scorer built from `user_config`.
+
+    scorer_factory: user_config -> scorer; None uses `default_scorer_factory` (RewardScorer).
+    max_batch_size, batch_wait_timeout_s (seconds): the `@serve.batch` queue's limits.
+    The scorer is built on the first `reconfigure` (Serve calls it right after `__init__`
+    with the deployment's user_config) and swapped in place by later ones.
+    """
+
+    def __init__(
+        self,
+        scorer_factory: ScorerFactory | None = None,
+        max_batch_size: int = 16,
+        batch_wait_timeout_s: float = 0.01,
+    ) -> None:
+        self._scorer_factory = scorer_factory or default_scorer_factory
+        self._scorer: Scorer | None = None
+        self._version = -1
+        self.score_batch.set_max_batch_size(max_batch_size)
+        self.score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    async def reconfigure(self, user_config: dict) -> None:
+        """Load the weights named by user_config {"weights_dir": str, "version": int, "device"?}.
+
+        Async, so it runs on the replica's event loop between batches and a batch never sees
+        half-swapped weights. Raises ValueError when "weights_dir" is missing.
+        """
+        if "weights_dir" not in user_config:
+            raise ValueError(
+                f"RewardDeployment.reconfigure: user_config {user_config!r} has no 'weights_dir'"
+            )
+        if self._scorer is None:
+            self._scorer = self._scorer_factory(user_config)
+        else:
+            self._scorer.load_weights(user_config["weights_dir"])
+        self._version = int(user_config.get("version", 0))
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def score_batch(self, items: list[tuple[np.ndarray, str]]) -> list[tuple[float, int]]:
+        """Batched scoring: items [(uint8 image (H, W) or (H, W, 3), text)] -> [(score, version)].
+
+        Called one item at a time; Serve gathers concurrent calls into `items`.
+        Raises RuntimeError without a scorer or when it returns the wrong number of scores.
+        """
+        images, texts = [image for image, _ in items], [text for _, text in items]
+        scores = np.asarray(_loaded(self._scorer).score(images, texts))  # (B,)
+        if scores.shape != (len(items),):
+            raise RuntimeError(
+                f"RewardDeployment: scorer returned shape {scores.shape} for {len(items)} items"
+            )
+        return [(float(s), self._version) for s in scores]
+
+    async def _score_pairs(
+        self, images: list[np.ndarray], texts: list[str]
+    ) -> list[tuple[float, int]]:
+        return await asyncio.gather(
+            *(self.score_batch((image, text)) for image, text in zip(images, texts))
+        )
+
+    async def score(self, images: list[np.ndarray], texts: list[str]) -> list[float]:
+        """Scores of B (image, text) pairs: images uint8 (H, W) or (H, W, 3) -> B floats.
+
+        The handle entry point for rollout workers: `await handle.score.remote(images, texts)`.
+        Raises ValueError for mismatched lengths or a bad image, naming its index.
+        """
+        _check_inputs(images, texts)
+        return [score for score, _ in await self._score_pairs(images, texts)]
+
+    def weights_version(self) -> int:
+        """The `version` of the user_config whose weights are loaded (-1 before any)."""
+        return self._version
+
+    def check_health(self) -> None:
+        """Serve's periodic health check; see `check_scorer_health`."""
+        check_scorer_health(self._scorer)
+
+    @app.post("/score", response_model=ScoreResponse)
+    async def score_http(self, request: ScoreRequest) -> ScoreResponse:
+        """HTTP: {"items": [{"image_png_base64", "text"}]} -> {"scores", "version"}.
+
+        400 names the first item whose image is bad; 422 (FastAPI) for a malformed body,
+        e.g. empty `items` or more than MAX_ITEMS_PER_REQUEST.
+        """
+        try:
+            images = [
+                decode_image(item.image_png_base64, f"items[{i}]")
+                for i, item in enumerate(request.items)
+            ]
+        except ValueError as err:
+            raise HTTPException(status_code=400, detail=str(err)) from None
+        pairs = await self._score_pairs(images, [item.text for item in request.items])
+        return ScoreResponse(scores=[s for s, _ in pairs], version=min(v for _, v in pairs))
+
+
+def build_reward_app(
+    weights_dir: str | Path,
+    max_batch_size: int = 16,
+    replicas: int | dict[str, Any] = 1,
+    ray_actor_options: dict[str, Any] | None = None,
+    max_ongoing_requests: int | None = None,
+    scorer_factory: ScorerFactory | None = None,
+    version: int = 0,
+    batch_wait_timeout_s: float = 0.01,
+) -> Application:
+    """The reward Serve application, ready for `deploy_reward` (or `serve.run`).
+
+    weights_dir: what the scorer loads; with `version` it forms the user_config (see the module
+    docstring for how a new one reaches the replicas).
+    replicas: a fixed replica count, or a Serve `autoscaling_config` dict (e.g.
+    {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}).
+    ray_actor_options: per replica, e.g. {"num_cpus": 1, "num_gpus": 0.5}; default 1 CPU.
+    max_ongoing_requests: per replica; default 2 * max_batch_size; must be >= max_batch_size or
+    batches could never fill. batch_wait_timeout_s: seconds a partial batch waits for more.
+    Raises ValueError naming the bad argument.
+    """
+    if max_batch_size < 1:
+        raise ValueError(f"build_reward_app: max_batch_size={max_batch_size}, must be >= 1")
+    max_ongoing_requests = max_ongoing_requests or 2 * max_batch_size
+    if max_ongoing_requests < max_batch_size:
+        raise ValueError(
+            f"build_reward_app: max_ongoing_requests={max_ongoing_requests} is below "
+            f"max_batch_size={max_batch_size}"
+        )
+    if isinstance(replicas, dict):
+        scaling = {"autoscaling_config": replicas}
+    else:
+        scaling = {"num_replicas": replicas}
+    return RewardDeployment.options(
+        **scaling,
+        ray_actor_options=ray_actor_options or {"num_cpus": 1},
+        max_ongoing_requests=max_ongoing_requests,
+        user_config={"weights_dir": str(weights_dir), "version": version},
+    ).bind(scorer_factory, max_batch_size, batch_wait_timeout_s)
+
+
+def deploy_reward(
+    app: Application,
+    name: str = "reward",
+    route_prefix: str | None = None,
+    http_host: str = "127.0.0.1",
+    http_port: int = 8000,
+) -> DeploymentHandle:
+    """Run `app` on Serve and return its handle (`handle.score.remote(images, texts)`).
+
+    route_prefix: None (default) serves handles only, with no HTTP proxy at all; e.g.
+    "/reward" also serves POST {route_prefix}/score on http_host:http_port from one proxy on
+    the head node. Keep the host on 127.0.0.1 unless the port is firewalled: the proxy has no
+    authentication. Proxy and HTTP options are cluster-wide and fixed when Serve first starts on
+    the cluster (Ray docs, `serve.start`); to change them, `serve.shutdown()` first.
+    Deploying again under the same name replaces the application's replicas with ones built
+    from the new app (rolling update). Blocks until the replicas are running.
+    """
+    if route_prefix is None:
+        serve.start(proxy_location="Disabled")
+    else:
+        serve.start(proxy_location="HeadOnly", http_options={"host": http_host, "port": http_port})
+    return serve.run(app, name=name, route_prefix=route_prefix)

@@ -1,0 +1,101 @@
+"""Stage 6, eval: held-out exact match, BLEU, ROUGE-L, reward-model score and gold score.
+
+BLEU is sacrebleu's corpus BLEU (Post 2018), ROUGE-L the F-measure of Google's rouge-score
+(Lin 2004); exact match and the gold score come from the task (``mmrlhf.data.digits``).
+Greedy decoding. Writes ``metrics.json`` and the samples for human review as Parquet and CSV.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import sacrebleu
+import torch
+from rouge_score import rouge_scorer
+
+from mmrlhf.config import RunConfig
+from mmrlhf.data.digits import exact_match, gold_score
+from mmrlhf.models.policy import encode_prompts, generate, load_policy
+from mmrlhf.reward.scorer import RewardScorer
+from mmrlhf.stages.common import RunPaths, atomic_dir, policy_path, write_json
+from mmrlhf.stages.data import decode_images, load_split, prepare_data
+
+
+def text_metrics(hypotheses: list[str], references: list[str]) -> dict[str, float]:
+    """Exact match and its standard error, BLEU and ROUGE-L, all in percent (0–100).
+
+    Raises:
+        ValueError: the lists differ in length or are empty.
+    """
+    if len(hypotheses) != len(references) or not hypotheses:
+        raise ValueError(f"text_metrics: {len(hypotheses)} hypotheses for {len(references)} references")
+    em = np.array([exact_match(h, r) for h, r in zip(hypotheses, references)], dtype=np.float64)
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    rouge = [scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hypotheses, references)]
+    return {
+        "exact_match": 100 * em.mean(),
+        "exact_match_stderr": 100 * math.sqrt(em.mean() * (1 - em.mean()) / len(em)),
+        "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
+        "rouge_l": 100 * float(np.mean(rouge)),
+    }
+
+
+@torch.no_grad()
+def greedy_responses(model, processor, images: list[np.ndarray], prompts: list[str],
+                     batch_size: int, max_new_tokens: int) -> list[str]:
+    """Greedy responses of ``model`` for each (image, prompt), in batches of ``batch_size``."""
+    texts: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = encode_prompts(processor, images[start:start + batch_size], prompts[start:start + batch_size])
+        texts += generate(model, processor, batch, max_new_tokens, do_sample=False).texts
+    return texts
+
+
+def run_eval(cfg: RunConfig, policy: str = "sft") -> dict[str, float]:
+    """Evaluate a policy (``sft``, ``rl``, ``init`` or a path) on ``cfg.eval.split``.
+
+    Writes ``<run_dir>/eval/<label>/{metrics.json,samples.parquet,samples.csv}`` and returns
+    the metrics: ``exact_match``, ``bleu``, ``rouge_l`` (percent), ``gold`` (mean gold score,
+    0–1), ``reward`` (mean reward-model score, when a reward model was trained).
+
+    Raises:
+        FileNotFoundError: the policy to evaluate has not been trained yet.
+    """
+    prepare_data(cfg)
+    paths = RunPaths(cfg.run_dir)
+    model, processor = load_policy(str(policy_path(cfg, policy)))
+    model.eval()
+    table = load_split(cfg, cfg.eval.split)
+    images = decode_images(table, cfg.data.max_image_pixels)
+    prompts = table.column("prompt").to_pylist()
+    references = table.column("reference").to_pylist()
+    texts = greedy_responses(model, processor, images, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens)
+
+    metrics = text_metrics(texts, references)
+    gold = [gold_score(t, r) for t, r in zip(texts, references)]
+    metrics["gold"] = float(np.mean(gold))
+    columns = {"id": table.column("id"), "prompt": prompts, "reference": references, "response": texts, "gold": gold}
+    if (paths.reward_model / "config.json").exists():
+        rewards = RewardScorer.from_pretrained(paths.reward_model).score(images, texts)
+        metrics["reward"] = float(np.mean(rewards))
+        columns["reward"] = rewards.tolist()
+    metrics["n"] = len(texts)
+
+    label = policy if policy in ("sft", "rl", "init") else Path(policy).name
+    samples = pa.table(columns).slice(0, cfg.eval.n_review)
+    with atomic_dir(paths.eval_dir(label)) as out:
+        pq.write_table(samples, out / "samples.parquet")
+        pacsv.write_csv(samples, out / "samples.csv")
+        write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def print_metrics(metrics: dict[str, float]) -> None:
+    """Print one evaluation's metrics as ``name value`` lines."""
+    for name, value in metrics.items():
+        print(f"{name:>20s} {value:10.3f}")

@@ -1,0 +1,61 @@
+"""Stage 3, feedback: preference pairs over the SFT policy's samples from a simulated annotator.
+
+For ``feedback.n_prompts`` records of the unlabeled feedback pool the SFT policy samples K
+responses; :mod:`mmrlhf.feedback.simulated` compares them by gold score with Bradley–Terry
+noise (Christiano et al. 2017). Pairs go to ``<run_dir>/feedback/pairs.parquet``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mmrlhf.config import RunConfig
+from mmrlhf.data.digits import gold_score
+from mmrlhf.data.schema import PREFERENCE_SCHEMA, write_table
+from mmrlhf.feedback.simulated import simulate_preferences
+from mmrlhf.models.policy import encode_prompts, generate, load_policy
+from mmrlhf.stages.common import RunPaths, policy_path, seed_everything
+from mmrlhf.stages.data import decode_images, load_split, prepare_data
+
+_PROMPTS_PER_BATCH = 16
+
+
+@torch.no_grad()
+def run_feedback_simulation(cfg: RunConfig) -> int:
+    """Sample, ask the simulated annotator, write the pairs; returns the number of pairs.
+
+    Raises:
+        FileNotFoundError: no SFT policy yet (run ``mmrlhf sft``).
+        ValueError: the simulated annotator produced no pair (every sample tied).
+    """
+    fb = cfg.feedback
+    generator = seed_everything(cfg.seed + 1)
+    rng = np.random.default_rng(cfg.seed + 1)
+    prepare_data(cfg)
+    model, processor = load_policy(str(policy_path(cfg, "sft")))
+    model.eval()
+    table = load_split(cfg, "feedback").slice(0, fb.n_prompts)
+    images = decode_images(table, cfg.data.max_image_pixels)
+    ids, prompts = table.column("id").to_pylist(), table.column("prompt").to_pylist()
+    references = table.column("reference").to_pylist()
+
+    pairs = []
+    k = fb.samples_per_prompt
+    for start in tqdm(range(0, len(ids), _PROMPTS_PER_BATCH), desc="feedback", unit="batch"):
+        rows = [i for i in range(start, min(start + _PROMPTS_PER_BATCH, len(ids))) for _ in range(k)]
+        batch = encode_prompts(processor, [images[i] for i in rows], [prompts[i] for i in rows])
+        texts = generate(model, processor, batch, cfg.sft.max_new_tokens,
+                         temperature=fb.sample_temperature, generator=generator).texts
+        for n, i in enumerate(range(start, min(start + _PROMPTS_PER_BATCH, len(ids)))):
+            samples = texts[n * k:(n + 1) * k]
+            gold = [gold_score(t, references[i]) for t in samples]
+            pairs += simulate_preferences(ids[i], samples, gold, fb.bt_temperature, rng, fb.annotator)
+    if not pairs:
+        raise ValueError("feedback: every prompt's samples tied on gold score; no preference pair to write")
+    write_table([dataclasses.asdict(p) for p in pairs], RunPaths(cfg.run_dir).pairs, PREFERENCE_SCHEMA)
+    print(f"feedback: {len(pairs)} preference pairs from {len(ids)} prompts x {k} samples")
+    return len(pairs)

@@ -1,0 +1,120 @@
+"""Reward model (open_clip CLIP + head) and RewardScorer: shapes, safetensors-only round trip, scoring."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from mmrlhf.models import RewardModel, build_reward_preset
+from mmrlhf.reward import RewardScorer
+
+TEXTS = ["four one seven", "two two", ""]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return build_reward_preset("tiny", tmp_path_factory.mktemp("reward") / "tiny", seed=0)
+
+
+def _images(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (64, 64), dtype=np.uint8) for _ in range(n - 1)] + [np.zeros((40, 50, 3), np.uint8)]
+
+
+def _randomize_head(model, seed):
+    with torch.no_grad():
+        for p in model.mlp.parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)))
+
+
+class _Trap:
+    """Unpickling this writes `path`; a test asserts the file never appears."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_reward_forward_returns_one_score_per_pair(tiny_dir):
+    model = RewardModel.from_pretrained(tiny_dir)
+    pixels, tokens = model.preprocess(_images(3)), model.tokenize(TEXTS)
+    assert pixels.shape == (3, 3, 64, 64) and tokens.shape == (3, 32)
+    scores = model(pixels, tokens)
+    assert scores.shape == (3,) and torch.isfinite(scores).all()
+
+
+def test_untrained_head_equals_clip_similarity_logit(tiny_dir):
+    model = RewardModel.from_pretrained(tiny_dir)
+    pixels, tokens = model.preprocess(_images(3)), model.tokenize(TEXTS)
+    clip = model.clip
+    cosine = (clip.encode_image(pixels, normalize=True) * clip.encode_text(tokens, normalize=True)).sum(-1)
+    torch.testing.assert_close(model(pixels, tokens), clip.logit_scale.exp() * cosine)
+
+
+def test_reward_save_load_round_trip_via_safetensors(tiny_dir, tmp_path):
+    model = RewardModel.from_pretrained(tiny_dir)
+    _randomize_head(model, seed=1)
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = RewardModel.from_pretrained(tmp_path)
+    sd, sd2 = model.state_dict(), loaded.state_dict()
+    assert sd.keys() == sd2.keys() and all(torch.equal(sd[k], sd2[k]) for k in sd)
+
+
+def test_scorer_is_deterministic_and_texts_change_scores(tiny_dir):
+    scorer = RewardScorer.from_pretrained(tiny_dir)
+    images = _images(3)
+    first = scorer.score(images, TEXTS)
+    assert first.dtype == np.float32 and first.shape == (3,) and np.isfinite(first).all()  # "" included
+    np.testing.assert_array_equal(first, scorer.score(images, TEXTS))
+    same_image = [images[0]] * 3
+    assert len(set(scorer.score(same_image, TEXTS).tolist())) == 3
+
+
+def test_scorer_names_the_bad_image(tiny_dir):
+    scorer = RewardScorer.from_pretrained(tiny_dir)
+    with pytest.raises(ValueError, match="image 1: dtype is float64"):
+        scorer.score([_images(2)[0], np.zeros((64, 64))], TEXTS[:2])
+
+
+def test_scorer_load_weights_swaps_in_place(tiny_dir, tmp_path):
+    scorer = RewardScorer.from_pretrained(tiny_dir)
+    trained = RewardModel.from_pretrained(tiny_dir)
+    _randomize_head(trained, seed=2)
+    trained.save_pretrained(tmp_path)
+    before, model = scorer.score(_images(3), TEXTS), scorer.model
+    scorer.load_weights(tmp_path)
+    assert scorer.model is model
+    after = scorer.score(_images(3), TEXTS)
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, RewardScorer.from_pretrained(tmp_path).score(_images(3), TEXTS), rtol=1e-6)
+
+
+def test_scorer_load_weights_rejects_another_architecture(tiny_dir, tmp_path):
+    scorer = RewardScorer.from_pretrained(tiny_dir)
+    build_reward_preset("small", tmp_path)
+    with pytest.raises(ValueError, match="does not match"):
+        scorer.load_weights(tmp_path)
+
+
+def test_pickle_in_the_directory_is_never_loaded(tiny_dir, tmp_path, monkeypatch):
+    RewardModel.from_pretrained(tiny_dir).save_pretrained(tmp_path)
+    sentinel = tmp_path / "unpickled"
+    for name in ("model.pt", "pytorch_model.bin", "open_clip_model.pth"):
+        (tmp_path / name).write_bytes(pickle.dumps(_Trap(sentinel)))
+
+    def no_torch_load(*args, **kwargs):
+        raise AssertionError("torch.load was called")
+
+    monkeypatch.setattr(torch, "load", no_torch_load)
+    scorer = RewardScorer.from_pretrained(tmp_path)
+    scorer.load_weights(tmp_path)
+    assert not sentinel.exists()
+
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        RewardModel.from_pretrained(tmp_path)
+    assert not sentinel.exists()

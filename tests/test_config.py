@@ -1,0 +1,59 @@
+"""Typed config: three layers, one-line errors naming the key, every job file loads."""
+
+from pathlib import Path
+
+import pytest
+
+from mmrlhf.config import ConfigError, RunConfig, load_config
+
+JOBS = sorted(Path(__file__).resolve().parents[1].joinpath("jobs").glob("*.yaml"))
+JOB_CONFIGS = [p for p in JOBS if p.name != "runtime_env.yaml"]
+
+
+def test_defaults_yaml_and_overrides_layer_in_order(tmp_path):
+    yaml = tmp_path / "x.yaml"
+    yaml.write_text("rl:\n  steps: 7\n  lr: 0.5\n")
+    cfg = load_config(yaml, ["rl.steps=3", "model.policy=tiny"])
+    assert isinstance(cfg, RunConfig)
+    assert cfg.rl.steps == 3          # override beats YAML
+    assert cfg.rl.lr == 0.5           # YAML beats default
+    assert cfg.model.policy == "tiny"
+    assert cfg.rl.clip_eps == RunConfig().rl.clip_eps  # default kept
+
+
+@pytest.mark.parametrize("path", JOB_CONFIGS, ids=lambda p: p.name)
+def test_every_job_config_loads(path):
+    assert isinstance(load_config(path), RunConfig)
+
+
+@pytest.mark.parametrize(
+    "override, names",
+    [
+        (["rl.stepz=4"], ["rl.stepz", "steps"]),
+        (["rl.steps=abc"], ["rl.steps", "Integer"]),
+        (["rl.zero_stage=5"], ["rl.zero_stage", "0, 1, 2, 3"]),
+        (["rl.kl_estimator=k9"], ["rl.kl_estimator", "k1, k2, k3"]),
+        (["data.min_digits=9"], ["data.min_digits"]),
+        (["nonsense"], ["nonsense", "key=value"]),
+        (["reward.val_fraction=1.5"], ["reward.val_fraction", "(0, 1)"]),
+    ],
+)
+def test_bad_config_is_one_line_error_naming_the_key(override, names):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, override)
+    message = str(info.value)
+    assert "\n" not in message
+    for name in names:
+        assert name in message
+
+
+def test_malformed_yaml_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rl: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(bad)
+
+
+def test_missing_config_file_is_reported(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")

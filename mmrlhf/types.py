@@ -50,6 +50,18 @@ class Rollout:
     def __len__(self) -> int:
         return len(self.prompt_ids)
 
+    def to_batch(self) -> dict[str, Tensor]:
+        """The tensors the learner needs, as a dict with batch-first values (sharded by rank).
+
+        Raises:
+            ValueError: the rollout has not been scored yet.
+        """
+        if self.scores is None:
+            raise ValueError("Rollout.to_batch: rollout has no scores; score it with the reward model first")
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
+                "pixel_values": self.pixel_values, "response_ids": self.response_ids,
+                "response_mask": self.response_mask, "logprobs": self.logprobs, "scores": self.scores}
+
     @staticmethod
     def concat(parts: list["Rollout"], pad_token_id: int) -> "Rollout":
         """Join rollouts from several workers; prompts re-left-padded, responses re-right-padded.

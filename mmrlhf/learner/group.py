@@ -160,13 +160,15 @@ class LearnerGroup:
         """
         return self.run("train_step", batch, loss_fn=loss_fn)[0]
 
-    def weights(self) -> ObjectRef:
+    def weights(self, method_name: str = "state_dict_for_sync") -> ObjectRef:
         """ObjectRef to rank 0's full state dict {name: CPU Tensor} (gathered under ZeRO-3).
 
+        method_name: the rank method that returns it (rank 0) or None (others), e.g. PPO's
+        `policy_state_dict_for_sync`, which leaves the value head out.
         Collective over the ranks; returns once every rank finished the gather. The dict stays
         in the object store: pass the ref on rather than fetching it into the driver.
         """
-        refs = [worker.state_dict_for_sync.remote() for worker in self.workers]
+        refs = [getattr(worker, method_name).remote() for worker in self.workers]
         self._collect(refs[1:])
         ray.wait(refs[:1], fetch_local=False)
         return refs[0]

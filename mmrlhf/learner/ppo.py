@@ -17,13 +17,17 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+from ray import ObjectRef
 from torch import Tensor
 
 from mmrlhf.algorithms import gae, kl_estimate, masked_mean, masked_whiten, ppo_loss, token_rewards
 from mmrlhf.config import RLConfig
+from mmrlhf.learner.engine import deepspeed_config
+from mmrlhf.learner.group import LearnerGroup
 from mmrlhf.learner.worker import LearnerWorker
 from mmrlhf.models.policy import PromptBatch, load_policy, response_logprobs
 from mmrlhf.models.value import ActorCritic
+from mmrlhf.types import Rollout
 
 POLICY_PREFIX = "policy."
 
@@ -140,3 +144,34 @@ class PPOLearner(LearnerWorker):
         if full is None:
             return None
         return {k[len(POLICY_PREFIX):]: v for k, v in full.items() if k.startswith(POLICY_PREFIX)}
+
+
+class PPOLearnerGroup(LearnerGroup):
+    """The learner group of the PPO stage: ``rl.learner_ranks`` :class:`PPOLearner` ranks.
+
+    Args:
+        rl: PPO settings (ZeRO stage, minibatch size, learning rate, clipping...).
+        policy_path: the starting policy, also the frozen reference policy.
+        cpus_per_rank, gpus_per_rank, resources: Ray resources of each rank.
+        seed: same initial value head and minibatch order on every rank.
+    """
+
+    def __init__(self, rl: RLConfig, policy_path: str, cpus_per_rank: float = 1, gpus_per_rank: float = 0,
+                 resources: dict[str, float] | None = None, seed: int = 0) -> None:
+        ds_config = deepspeed_config(rl.zero_stage, max(1, rl.minibatch_size // rl.learner_ranks), 1,
+                                     rl.lr, 0.0, rl.grad_clip)
+        super().__init__(rl.learner_ranks, actor_critic_factory(policy_path), ds_config, cpus_per_rank,
+                         gpus_per_rank, resources, seed, worker_cls=PPOLearner,
+                         worker_kwargs={"ref_policy_path": policy_path, "rl": rl})
+
+    def make_experience(self, rollout: Rollout, kl_coef: float) -> dict[str, float]:
+        """Shard ``rollout`` by rank and build each rank's experience; returns reduced metrics."""
+        return self.run("make_experience", rollout.to_batch(), kl_coef=kl_coef)[0]
+
+    def update(self) -> dict[str, float]:
+        """PPO epochs over the stored experience on every rank; returns reduced metrics."""
+        return self.run("update")[0]
+
+    def weights(self, method_name: str = "policy_state_dict_for_sync") -> ObjectRef:
+        """ObjectRef to the policy's full weights (no value head): what weight sync publishes."""
+        return super().weights(method_name)

@@ -54,7 +54,7 @@ def contrastive_warm_start(model: RewardModel, images: torch.Tensor, tokens: tor
 
 
 def _pair_tensors(model: RewardModel, pairs: pa.Table, row_of: dict[str, int]) -> tuple[torch.Tensor, ...]:
-    rows = torch.tensor([row_of[p] for p in pairs.column("prompt_id").to_pylist()])
+    rows = torch.tensor([row_of[p] for p in pairs.column("prompt_id").to_pylist()], dtype=torch.long)
     return rows, model.tokenize(pairs.column("chosen").to_pylist()), model.tokenize(pairs.column("rejected").to_pylist())
 
 

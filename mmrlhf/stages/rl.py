@@ -1,0 +1,131 @@
+"""Stage 5, rl: PPO with rollout workers, a Serve reward deployment and a DeepSpeed learner group.
+
+Sets up the distributed parts from the config (resources included), runs
+:func:`mmrlhf.controller.train_loop`, saves the final policy to ``<run_dir>/rl/policy`` and
+tears everything down, also on failure. ``ray.init()`` joins ``RAY_ADDRESS`` when set (a
+submitted job), else starts a local cluster big enough for the configured actors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import ray
+import torch
+from ray import serve
+
+from mmrlhf.algorithms.kl import AdaptiveKLController, FixedKLController
+from mmrlhf.cluster import init_ray, shutdown_ray
+from mmrlhf.config import RunConfig
+from mmrlhf.controller import train_loop
+from mmrlhf.data.digits import gold_score
+from mmrlhf.learner.ppo import PPOLearnerGroup
+from mmrlhf.models.policy import load_policy
+from mmrlhf.reward.serve_app import build_reward_app, deploy_reward
+from mmrlhf.rollout.prompts import PromptSource
+from mmrlhf.rollout.worker import RolloutGroup, serve_scorer
+from mmrlhf.stages.common import RunPaths, atomic_dir, policy_path
+from mmrlhf.stages.data import load_split, prepare_data
+from mmrlhf.sync import WeightSync, load_state_dict_strict
+
+REWARD_APP = "reward"
+
+
+def _actor_options(cpus: float, gpus: float, resource: str | None) -> dict:
+    return {"num_cpus": cpus, "num_gpus": gpus, **({"resources": {resource: 1}} if resource else {})}
+
+
+def _local_cpus(cfg: RunConfig) -> int:
+    """Logical CPUs for a local cluster: enough for every configured actor, at least the machine's."""
+    r = cfg.resources
+    needed = (cfg.rl.rollout_workers * r.rollout_cpus + cfg.rl.learner_ranks * r.learner_cpus
+              + cfg.reward.max_replicas * r.reward_cpus)
+    return r.num_cpus or max(os.cpu_count() or 1, int(needed + 0.999))
+
+
+def start_reward_deployment(cfg: RunConfig) -> None:
+    """Deploy the trained reward model on Serve (batched, autoscaled, HTTP only if enabled)."""
+    rc, res = cfg.reward, cfg.resources
+    replicas = {"min_replicas": rc.min_replicas, "max_replicas": rc.max_replicas,
+                "target_ongoing_requests": rc.target_ongoing_requests}
+    app = build_reward_app(RunPaths(cfg.run_dir).reward_model, max_batch_size=rc.max_batch_size,
+                           replicas=replicas if rc.max_replicas > rc.min_replicas else rc.min_replicas,
+                           ray_actor_options=_actor_options(res.reward_cpus, res.reward_gpus, res.reward_resource),
+                           batch_wait_timeout_s=rc.batch_wait_timeout_s)
+    deploy_reward(app, name=REWARD_APP, route_prefix="/reward" if rc.http else None, http_port=rc.http_port)
+
+
+def save_policy(learner_group: PPOLearnerGroup, sft_path: str, out: Path) -> None:
+    """Write the learner's current policy with ``save_pretrained`` (atomically) next to its processor."""
+    model, processor = load_policy(sft_path)
+    load_state_dict_strict(model, ray.get(learner_group.weights()))
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+
+
+def run_rl(cfg: RunConfig) -> list[dict[str, float]]:
+    """Run the RL stage; returns the per-step metrics (also in ``<run_dir>/rl/metrics.jsonl``).
+
+    Raises:
+        FileNotFoundError: no SFT policy or no reward model yet.
+        RuntimeError: the learner group could not be placed or a rank failed (names the cause).
+    """
+    rl, res = cfg.rl, cfg.resources
+    paths = RunPaths(cfg.run_dir)
+    prepare_data(cfg)
+    sft = str(policy_path(cfg, "sft"))
+    if not (paths.reward_model / "config.json").exists():
+        raise FileNotFoundError(f"no reward model at {paths.reward_model}: run `mmrlhf reward train` first")
+    pool = load_split(cfg, "feedback")
+    references = dict(zip(pool.column("id").to_pylist(), pool.column("reference").to_pylist()))
+    prompts = PromptSource(pool, rl.prompts_per_step, cfg.seed)
+    kl_controller = (AdaptiveKLController(rl.kl_coef, rl.kl_target, 10_000) if rl.kl_target
+                     else FixedKLController(rl.kl_coef))
+    history: list[dict[str, float]] = []
+    paths.rl_metrics.parent.mkdir(parents=True, exist_ok=True)
+    paths.rl_metrics.unlink(missing_ok=True)
+
+    def on_step(step: int, metrics: dict[str, float], rollout) -> None:
+        golds = [gold_score(t, references[p]) for t, p in zip(rollout.texts, rollout.prompt_ids) if references.get(p)]
+        if golds:
+            metrics["rollout/gold"] = sum(golds) / len(golds)
+        metrics["step"] = step
+        history.append(metrics)
+        with paths.rl_metrics.open("a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        print(f"rl step {step + 1}/{rl.steps}: reward {metrics['rollout/reward']:.3f} "
+              f"gold {metrics.get('rollout/gold', float('nan')):.3f} kl {metrics['rollout/kl']:.4f} "
+              f"all-alike {metrics['rollout/all_alike']:.2f} clipfrac {metrics.get('ppo/clipfrac', 0):.3f} "
+              f"sync {metrics['sync/seconds']:.2f}s step {metrics['time/step_seconds']:.1f}s", flush=True)
+
+    local = not os.environ.get("RAY_ADDRESS")
+    init_ray(num_cpus=_local_cpus(cfg) if local else None, include_dashboard=False if local else None)
+    rollout_group = learner_group = None
+    try:
+        start_reward_deployment(cfg)
+        pad_id = load_policy(sft)[1].tokenizer.pad_token_id
+        rollout_group = RolloutGroup(
+            rl.rollout_workers,
+            dict(policy_path=sft, scorer_factory=lambda: serve_scorer(REWARD_APP), seed=cfg.seed,
+                 temperature=rl.temperature, max_new_tokens=rl.max_new_tokens,
+                 max_image_pixels=cfg.data.max_image_pixels),
+            _actor_options(res.rollout_cpus, res.rollout_gpus, res.rollout_resource), pad_id)
+        learner_group = PPOLearnerGroup(rl, sft, res.learner_cpus, res.learner_gpus,
+                                        {res.learner_resource: 1} if res.learner_resource else None, cfg.seed)
+        torch.manual_seed(cfg.seed)
+        train_loop(rl, prompts, rollout_group, learner_group, WeightSync(rollout_group.workers), kl_controller, on_step)
+        save_policy(learner_group, sft, paths.rl_policy)
+    finally:
+        if learner_group is not None:
+            learner_group.shutdown()
+        if rollout_group is not None:
+            rollout_group.shutdown()
+        if local:
+            shutdown_ray()
+        else:
+            serve.delete(REWARD_APP)
+            ray.shutdown()
+    return history

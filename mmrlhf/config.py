@@ -87,7 +87,7 @@ class SFTConfig:
     """Supervised fine-tuning: ``epochs`` over the labeled pool, AdamW at peak ``lr`` with a
     linear warmup over ``warmup_ratio`` of the steps, cosine decay, and clipping at ``grad_clip``."""
 
-    epochs: int = 30
+    epochs: int = 40
     batch_size: int = 16
     lr: float = 1e-3
     warmup_ratio: float = 0.05
@@ -135,6 +135,8 @@ class RewardConfig:
     """
 
     clip_epochs: int = 10
+    clip_lr: float = 5e-4
+    hard_negatives: int = 4
     epochs: int = 10
     batch_size: int = 64
     lr: float = 5e-4
@@ -148,8 +150,9 @@ class RewardConfig:
     http_port: int = 8000
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "lr", "max_batch_size", "target_ongoing_requests"):
+        for name in ("epochs", "batch_size", "lr", "clip_lr", "max_batch_size", "target_ongoing_requests"):
             _positive(f"reward.{name}", getattr(self, name))
+        _positive("reward.hard_negatives", self.hard_negatives, zero_ok=True)
         _check(0 < self.val_fraction < 1, "reward.val_fraction", "a number in (0, 1)", self.val_fraction)
         _check(1 <= self.min_replicas <= self.max_replicas, "reward.min_replicas",
                f"1 <= min_replicas <= max_replicas ({self.max_replicas})", self.min_replicas)

@@ -100,6 +100,13 @@ class RewardModel(nn.Module):
         """pixel_values (B, 3, H, W) from `preprocess`; text_tokens (B, L) from `tokenize` -> scores (B,)."""
         image_emb = self.clip.encode_image(pixel_values, normalize=True)  # (B, E)
         text_emb = self.clip.encode_text(text_tokens, normalize=True)  # (B, E)
+        return self.score_embeddings(image_emb, text_emb)
+
+    def score_embeddings(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """The head alone: L2-normalised image_emb, text_emb (B, E) -> scores (B,).
+
+        Lets training encode an image once and score several texts against it.
+        """
         joint = image_emb * text_emb  # (B, E); sums to the cosine
         return self.scale * joint.sum(-1) + self.bias + self.mlp(joint).squeeze(-1)
 

@@ -170,6 +170,7 @@ class RewardDeployment:
         self._scorer_factory = scorer_factory or default_scorer_factory
         self._scorer: Scorer | None = None
         self._version = -1
+        self._items_scored = 0
         self.score_batch.set_max_batch_size(max_batch_size)
         self.score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
@@ -202,6 +203,7 @@ class RewardDeployment:
             raise RuntimeError(
                 f"RewardDeployment: scorer returned shape {scores.shape} for {len(items)} items"
             )
+        self._items_scored += len(items)
         return [(float(s), self._version) for s in scores]
 
     async def _score_pairs(
@@ -223,6 +225,10 @@ class RewardDeployment:
     def weights_version(self) -> int:
         """The `version` of the user_config whose weights are loaded (-1 before any)."""
         return self._version
+
+    def items_scored(self) -> int:
+        """How many (image, text) items this replica has scored since it started."""
+        return self._items_scored
 
     def check_health(self) -> None:
         """Serve's periodic health check; see `check_scorer_health`."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
-from open_clip.loss import ClipLoss
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from mmrlhf.algorithms.preference import bradley_terry_loss
@@ -37,33 +37,91 @@ def initial_reward_model(cfg: RunConfig) -> RewardModel:
     return RewardModel(source, pretrained=cfg.model.reward_pretrained)
 
 
-def contrastive_warm_start(model: RewardModel, images: torch.Tensor, tokens: torch.Tensor, epochs: int,
-                           batch_size: int, lr: float, generator: torch.Generator) -> None:
-    """CLIP training of ``model.clip`` on matched (image, text) rows; images ``(N, 3, S, S)``, tokens ``(N, L)``."""
-    loss_fn = ClipLoss()
+def hard_negative(reference: str, vocabulary: list[str], rng: np.random.Generator) -> str:
+    """The reference with one word-level edit: substitute, delete, insert or swap neighbours.
+
+    vocabulary: the words an edit may bring in (the references' own words). The edit always
+    changes the text (a substitution draws from the other words), so the result is a wrong
+    answer one step from the right one, the kind a nearly-trained policy gives.
+    """
+    words = reference.split()
+    edit = rng.integers(4) if len(words) > 1 else rng.choice([0, 2])
+    i = int(rng.integers(len(words)))
+    if edit == 0:
+        words[i] = rng.choice([w for w in vocabulary if w != words[i]])
+    elif edit == 1:
+        del words[i]
+    elif edit == 2:
+        words.insert(int(rng.integers(len(words) + 1)), rng.choice(vocabulary))
+    elif words[i] != words[(i + 1) % len(words)]:
+        j = (i + 1) % len(words)
+        words[i], words[j] = words[j], words[i]
+    else:
+        words[i] = rng.choice([w for w in vocabulary if w != words[i]])
+    return " ".join(words)
+
+
+def contrastive_warm_start(model: RewardModel, images: torch.Tensor, references: list[str], epochs: int,
+                           batch_size: int, lr: float, n_hard: int, generator: torch.Generator,
+                           rng: np.random.Generator) -> None:
+    """CLIP training of ``model.clip`` on matched (image, reference) rows, with hard negatives.
+
+    images ``(N, 3, S, S)``; references: N texts. Each image scores ``scale * cos`` against
+    every reference of its batch and ``n_hard`` one-edit corruptions of each (`hard_negative`),
+    redrawn every epoch: cross-entropy over those ``B * (1 + n_hard)`` texts, averaged with the
+    text-to-image direction over the references (symmetric InfoNCE, Radford et al. 2021; hard
+    negatives as in NegCLIP, Yuksekgonul et al. 2023).
+    """
+    vocabulary = sorted({w for r in references for w in r.split()})
     optimizer = torch.optim.AdamW(model.clip.parameters(), lr=lr)
     model.train()
     for _ in tqdm(range(epochs), desc="reward/clip", unit="epoch"):
-        for idx in minibatches(len(tokens), batch_size, generator):
-            image_emb = model.clip.encode_image(images[idx], normalize=True)
-            text_emb = model.clip.encode_text(tokens[idx], normalize=True)
-            loss = loss_fn(image_emb, text_emb, model.clip.logit_scale.exp())
+        for idx in minibatches(len(references), batch_size, generator):
+            refs = [references[i] for i in idx.tolist()]
+            texts = refs + [hard_negative(r, vocabulary, rng) for r in refs for _ in range(n_hard)]
+            image_emb = model.clip.encode_image(images[idx], normalize=True)  # (B, E)
+            text_emb = model.clip.encode_text(model.tokenize(texts), normalize=True)  # (B * (1 + n_hard), E)
+            logits = model.clip.logit_scale.exp() * image_emb @ text_emb.T  # (B, B * (1 + n_hard))
+            target = torch.arange(len(idx))
+            # ALGO: image -> text over references and hard negatives; text -> image over the references
+            loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :len(idx)].T, target)) / 2
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
 
 
 def _pair_tensors(model: RewardModel, pairs: pa.Table, row_of: dict[str, int]) -> tuple[torch.Tensor, ...]:
-    rows = torch.tensor([row_of[p] for p in pairs.column("prompt_id").to_pylist()], dtype=torch.long)
-    return rows, model.tokenize(pairs.column("chosen").to_pylist()), model.tokenize(pairs.column("rejected").to_pylist())
+    """(image rows (P,), chosen tokens (P, L), rejected tokens (P, L)), sorted by image row."""
+    rows = torch.tensor([row_of[p] for p in pairs.column("prompt_id").to_pylist()])
+    order = torch.argsort(rows, stable=True)
+    chosen = model.tokenize(pairs.column("chosen").to_pylist())
+    rejected = model.tokenize(pairs.column("rejected").to_pylist())
+    return rows[order], chosen[order], rejected[order]
+
+
+def _pair_scores(model: RewardModel, images: torch.Tensor, rows, chosen, rejected) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores (P,) of chosen and rejected; each distinct image of ``rows`` is encoded once."""
+    unique, inverse = torch.unique(rows, return_inverse=True)
+    image_emb = model.clip.encode_image(images[unique], normalize=True)[inverse]  # (P, E)
+    text_emb = model.clip.encode_text(torch.cat([chosen, rejected]), normalize=True)  # (2P, E)
+    scores = model.score_embeddings(image_emb.repeat(2, 1), text_emb)  # (2P,)
+    return scores[:len(rows)], scores[len(rows):]
+
+
+def _prompt_batches(rows: torch.Tensor, prompts_per_batch: int, generator: torch.Generator):
+    """Pair-index batches holding every pair of ``prompts_per_batch`` random prompts; ``rows`` sorted."""
+    unique, counts = torch.unique_consecutive(rows, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    for idx in minibatches(len(unique), prompts_per_batch, generator):
+        yield torch.cat([torch.arange(starts[i], starts[i] + counts[i]) for i in idx.tolist()])
 
 
 @torch.no_grad()
 def pairwise_accuracy(model: RewardModel, images: torch.Tensor, rows, chosen, rejected) -> float:
     """Share of pairs where ``r(chosen) > r(rejected)``; ``rows`` index ``images`` ``(N, 3, S, S)``."""
     model.eval()
-    margins = model(images[rows], chosen) - model(images[rows], rejected)
-    return float((margins > 0).float().mean())
+    chosen_scores, rejected_scores = _pair_scores(model, images, rows, chosen, rejected)
+    return float((chosen_scores > rejected_scores).float().mean())
 
 
 def run_reward_training(cfg: RunConfig) -> dict[str, float]:
@@ -93,8 +151,8 @@ def run_reward_training(cfg: RunConfig) -> dict[str, float]:
     if rc.clip_epochs:
         sft = load_split(cfg, "sft")
         contrastive_warm_start(model, model.preprocess(decode_images(sft, cfg.data.max_image_pixels)),
-                               model.tokenize(sft.column("reference").to_pylist()), rc.clip_epochs,
-                               rc.batch_size, rc.lr, generator)
+                               sft.column("reference").to_pylist(), rc.clip_epochs, rc.batch_size, rc.clip_lr,
+                               rc.hard_negatives, generator, np.random.default_rng(cfg.seed + 2))
 
     held_out = set(np.random.default_rng(cfg.seed).permutation(prompt_ids)[: max(1, int(rc.val_fraction * len(prompt_ids)))])
     is_val = pa.array([p in held_out for p in pairs.column("prompt_id").to_pylist()])
@@ -105,9 +163,8 @@ def run_reward_training(cfg: RunConfig) -> dict[str, float]:
     progress = tqdm(range(rc.epochs), desc="reward/bt", unit="epoch")
     for _ in progress:
         model.train()
-        for idx in minibatches(len(train[0]), rc.batch_size, generator):
-            rows, chosen, rejected = (t[idx] for t in train)
-            loss, _ = bradley_terry_loss(model(images[rows], chosen), model(images[rows], rejected))
+        for idx in _prompt_batches(train[0], rc.batch_size, generator):
+            loss, _ = bradley_terry_loss(*_pair_scores(model, images, *(t[idx] for t in train)))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -8,12 +8,14 @@ submitted job), else starts a local cluster big enough for the configured actors
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import ray
-import torch
 from ray import serve
 
 from mmrlhf.algorithms.kl import AdaptiveKLController, FixedKLController
@@ -66,12 +68,28 @@ def save_policy(learner_group: PPOLearnerGroup, sft_path: str, out: Path) -> Non
         processor.save_pretrained(tmp)
 
 
-def run_rl(cfg: RunConfig) -> list[dict[str, float]]:
-    """Run the RL stage; returns the per-step metrics (also in ``<run_dir>/rl/metrics.jsonl``).
+@dataclass
+class RLSystem:
+    """The distributed parts of the RL stage, built from the config by :func:`rl_system`."""
+
+    rollout_group: RolloutGroup
+    learner_group: PPOLearnerGroup
+    weight_sync: WeightSync
+    prompts: PromptSource
+    kl_controller: FixedKLController | AdaptiveKLController
+    references: dict[str, str | None]  # prompt id -> reference, for the gold score only
+    policy_path: str
+
+
+@contextlib.contextmanager
+def rl_system(cfg: RunConfig) -> Iterator[RLSystem]:
+    """Deploy the reward model, start the rollout workers and the learner group; tear down on exit.
+
+    Needs a connected Ray cluster (see :func:`run_rl`); removes the Serve application, the
+    actors and the placement group on exit, also after an error.
 
     Raises:
         FileNotFoundError: no SFT policy or no reward model yet.
-        RuntimeError: the learner group could not be placed or a rank failed (names the cause).
     """
     rl, res = cfg.rl, cfg.resources
     paths = RunPaths(cfg.run_dir)
@@ -80,52 +98,67 @@ def run_rl(cfg: RunConfig) -> list[dict[str, float]]:
     if not (paths.reward_model / "config.json").exists():
         raise FileNotFoundError(f"no reward model at {paths.reward_model}: run `mmrlhf reward train` first")
     pool = load_split(cfg, "feedback")
-    references = dict(zip(pool.column("id").to_pylist(), pool.column("reference").to_pylist()))
-    prompts = PromptSource(pool, rl.prompts_per_step, cfg.seed)
-    kl_controller = (AdaptiveKLController(rl.kl_coef, rl.kl_target, 10_000) if rl.kl_target
-                     else FixedKLController(rl.kl_coef))
-    history: list[dict[str, float]] = []
-    paths.rl_metrics.parent.mkdir(parents=True, exist_ok=True)
-    paths.rl_metrics.unlink(missing_ok=True)
-
-    def on_step(step: int, metrics: dict[str, float], rollout) -> None:
-        golds = [gold_score(t, references[p]) for t, p in zip(rollout.texts, rollout.prompt_ids) if references.get(p)]
-        if golds:
-            metrics["rollout/gold"] = sum(golds) / len(golds)
-        metrics["step"] = step
-        history.append(metrics)
-        with paths.rl_metrics.open("a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        print(f"rl step {step + 1}/{rl.steps}: reward {metrics['rollout/reward']:.3f} "
-              f"gold {metrics.get('rollout/gold', float('nan')):.3f} kl {metrics['rollout/kl']:.4f} "
-              f"all-alike {metrics['rollout/all_alike']:.2f} clipfrac {metrics.get('ppo/clipfrac', 0):.3f} "
-              f"sync {metrics['sync/seconds']:.2f}s step {metrics['time/step_seconds']:.1f}s", flush=True)
-
-    local = not os.environ.get("RAY_ADDRESS")
-    init_ray(num_cpus=_local_cpus(cfg) if local else None, include_dashboard=False if local else None)
     rollout_group = learner_group = None
     try:
         start_reward_deployment(cfg)
-        pad_id = load_policy(sft)[1].tokenizer.pad_token_id
         rollout_group = RolloutGroup(
             rl.rollout_workers,
             dict(policy_path=sft, scorer_factory=lambda: serve_scorer(REWARD_APP), seed=cfg.seed,
                  temperature=rl.temperature, max_new_tokens=rl.max_new_tokens,
                  max_image_pixels=cfg.data.max_image_pixels),
-            _actor_options(res.rollout_cpus, res.rollout_gpus, res.rollout_resource), pad_id)
+            _actor_options(res.rollout_cpus, res.rollout_gpus, res.rollout_resource),
+            load_policy(sft)[1].tokenizer.pad_token_id)
         learner_group = PPOLearnerGroup(rl, sft, res.learner_cpus, res.learner_gpus,
                                         {res.learner_resource: 1} if res.learner_resource else None, cfg.seed)
-        torch.manual_seed(cfg.seed)
-        train_loop(rl, prompts, rollout_group, learner_group, WeightSync(rollout_group.workers), kl_controller, on_step)
-        save_policy(learner_group, sft, paths.rl_policy)
+        yield RLSystem(
+            rollout_group, learner_group, WeightSync(rollout_group.workers),
+            PromptSource(pool, rl.prompts_per_step, cfg.seed),
+            AdaptiveKLController(rl.kl_coef, rl.kl_target, 10_000) if rl.kl_target else FixedKLController(rl.kl_coef),
+            dict(zip(pool.column("id").to_pylist(), pool.column("reference").to_pylist())),
+            sft)
     finally:
         if learner_group is not None:
             learner_group.shutdown()
         if rollout_group is not None:
             rollout_group.shutdown()
-        if local:
-            shutdown_ray()
-        else:
-            serve.delete(REWARD_APP)
-            ray.shutdown()
+        serve.delete(REWARD_APP)
+
+
+def run_rl(cfg: RunConfig) -> list[dict[str, float]]:
+    """Run the RL stage; returns the per-step metrics (also in ``<run_dir>/rl/metrics.jsonl``).
+
+    ``ray.init()`` joins ``RAY_ADDRESS`` when set, else starts (and afterwards stops) a local
+    cluster sized for the configured actors.
+
+    Raises:
+        FileNotFoundError: no SFT policy or no reward model yet.
+        RuntimeError: the learner group could not be placed or a rank failed (names the cause).
+    """
+    paths = RunPaths(cfg.run_dir)
+    history: list[dict[str, float]] = []
+    paths.rl_metrics.parent.mkdir(parents=True, exist_ok=True)
+    paths.rl_metrics.unlink(missing_ok=True)
+    local = not os.environ.get("RAY_ADDRESS")
+    init_ray(num_cpus=_local_cpus(cfg) if local else None, include_dashboard=False if local else None)
+    try:
+        with rl_system(cfg) as system:
+            def on_step(step: int, metrics: dict[str, float], rollout) -> None:
+                golds = [gold_score(t, system.references[p]) for t, p in zip(rollout.texts, rollout.prompt_ids)
+                         if system.references.get(p)]
+                if golds:
+                    metrics["rollout/gold"] = sum(golds) / len(golds)
+                metrics["step"] = step
+                history.append(metrics)
+                with paths.rl_metrics.open("a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+                print(f"rl step {step + 1}/{cfg.rl.steps}: reward {metrics['rollout/reward']:.3f} "
+                      f"gold {metrics.get('rollout/gold', float('nan')):.3f} kl {metrics['rollout/kl']:.4f} "
+                      f"all-alike {metrics['rollout/all_alike']:.2f} clipfrac {metrics.get('ppo/clipfrac', 0):.3f} "
+                      f"sync {metrics['sync/seconds']:.2f}s step {metrics['time/step_seconds']:.1f}s", flush=True)
+
+            train_loop(cfg.rl, system.prompts, system.rollout_group, system.learner_group, system.weight_sync,
+                       system.kl_controller, on_step)
+            save_policy(system.learner_group, system.policy_path, paths.rl_policy)
+    finally:
+        shutdown_ray(shutdown_serve=local)
     return history

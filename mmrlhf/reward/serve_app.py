@@ -289,6 +289,8 @@ def build_reward_app(
         **scaling,
         ray_actor_options=ray_actor_options or {"num_cpus": 1},
         max_ongoing_requests=max_ongoing_requests,
+        # One access-log line per scored item would drown the run's own progress output.
+        logging_config={"enable_access_log": False},
         user_config={"weights_dir": str(weights_dir), "version": version},
     ).bind(scorer_factory, max_batch_size, batch_wait_timeout_s)
 

@@ -1,0 +1,95 @@
+"""Run-directory plumbing: atomic outputs, the prompt stream, rollout joins and metrics, text metrics."""
+
+import pyarrow as pa
+import pytest
+import torch
+
+from mmrlhf.controller import rollout_metrics
+from mmrlhf.rollout.prompts import PromptSource
+from mmrlhf.stages.common import atomic_dir
+from mmrlhf.stages.eval import text_metrics
+from mmrlhf.types import Rollout
+
+
+def test_atomic_dir_keeps_previous_output_when_the_block_fails(tmp_path):
+    final = tmp_path / "model"
+    with atomic_dir(final) as out:
+        (out / "weights").write_text("v1")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final) as out:
+            (out / "weights").write_text("half")
+            raise RuntimeError("crash mid-save")
+    assert (final / "weights").read_text() == "v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp folder left
+
+
+def _pool(n):
+    return pa.table({"id": [f"r{i}" for i in range(n)], "image": [b"x"] * n, "prompt": ["q"] * n,
+                     "reference": ["secret"] * n})
+
+
+def test_prompt_source_covers_each_epoch_once_hides_references_and_resumes():
+    source = PromptSource(_pool(10), batch_size=3, seed=1)
+    epoch0 = [r["id"] for _ in range(3) for r in source.next_batch()]
+    assert len(set(epoch0)) == 9  # 3 full batches, no repeat within an epoch
+    state = source.state_dict()
+    following = [r["id"] for r in source.next_batch()]
+    resumed = PromptSource(_pool(10), batch_size=3, seed=1)
+    resumed.load_state_dict(state)
+    assert [r["id"] for r in resumed.next_batch()] == following
+    assert "reference" not in source.next_batch()[0]
+
+
+def test_prompt_source_rejects_batch_larger_than_pool():
+    with pytest.raises(ValueError, match="batch_size=11"):
+        PromptSource(_pool(10), batch_size=11, seed=0)
+
+
+def _rollout(prompt_ids, r_len, t_len, scores, version=0):
+    b = len(prompt_ids)
+    return Rollout(
+        prompt_ids=prompt_ids, sample_index=list(range(b)),
+        input_ids=torch.ones(b, t_len, dtype=torch.long), attention_mask=torch.ones(b, t_len, dtype=torch.long),
+        pixel_values=torch.zeros(b, 3, 2, 2), response_ids=torch.full((b, r_len), 5),
+        response_mask=torch.ones(b, r_len), logprobs=torch.full((b, r_len), -1.0),
+        finish_reason=["eos"] * b, texts=["t"] * b,
+        policy_version=torch.full((b,), version), scores=torch.tensor(scores))
+
+
+def test_rollout_concat_repads_prompts_left_and_responses_right():
+    joined = Rollout.concat([_rollout(["a"], 2, 3, [1.0]), _rollout(["b"], 4, 5, [2.0], version=1)], pad_token_id=0)
+    assert joined.input_ids.shape == (2, 5) and joined.response_ids.shape == (2, 4)
+    assert joined.attention_mask[0].tolist() == [0, 0, 1, 1, 1]
+    assert joined.response_mask[0].tolist() == [1, 1, 0, 0]
+    assert joined.response_ids[0].tolist() == [5, 5, 0, 0]
+    assert joined.scores.tolist() == [1.0, 2.0]
+    assert joined.policy_version.tolist() == [0, 1]
+
+
+def test_rollout_metrics_count_groups_whose_samples_all_score_alike():
+    r = _rollout(["a", "a", "b", "b"], 1, 1, [1.0, 1.0, 0.0, 2.0], version=3)
+    m = rollout_metrics(r, policy_version=4)
+    assert m["rollout/all_alike"] == 0.5
+    assert m["rollout/reward"] == 1.0
+    assert m["rollout/policy_lag"] == 1.0
+
+
+def test_rollout_metrics_ignore_unscored_rows():
+    r = _rollout(["a", "a"], 1, 1, [float("nan"), 3.0])
+    assert rollout_metrics(r, 0)["rollout/reward"] == 3.0
+
+
+def test_text_metrics_hand_worked():
+    m = text_metrics(["one two three", "four five"], ["one two three", "four six"])
+    assert m["exact_match"] == 50.0
+    assert m["exact_match_stderr"] == pytest.approx(100 * (0.25 / 2) ** 0.5)
+    # ROUGE-L F: 1.0 and LCS 1 of 2 tokens each side -> 0.5; mean 0.75
+    assert m["rouge_l"] == pytest.approx(75.0)
+    five = ["one two three four five", "six seven eight nine zero"]
+    assert text_metrics(five, five)["bleu"] == pytest.approx(100.0)
+    assert 0 < text_metrics(five, ["one two three four five", "six seven eight nine one"])["bleu"] < 100
+
+
+def test_text_metrics_reject_mismatched_lists():
+    with pytest.raises(ValueError):
+        text_metrics(["a"], [])

@@ -1,0 +1,29 @@
+"""The `mmrlhf` command line: one subcommand per stage; config errors exit 2 with one line."""
+
+import subprocess
+import sys
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "mmrlhf.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_every_stage():
+    out = _run("--help")
+    assert out.returncode == 0
+    for stage in ("data", "sft", "feedback", "reward", "rl", "eval", "train"):
+        assert stage in out.stdout
+
+
+def test_unknown_key_exits_2_with_one_line_naming_it():
+    out = _run("sft", "sft.epochz=3")
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0
+    assert "sft.epochz" in out.stderr and "epochs" in out.stderr
+
+
+def test_data_stage_writes_four_splits(tmp_path):
+    out = _run("data", f"run_dir={tmp_path}", "data.n_sft=4", "data.n_feedback=4", "data.n_val=4", "data.n_test=4")
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
+        "feedback.parquet", "sft.parquet", "test.parquet", "val.parquet"]

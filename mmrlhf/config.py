@@ -126,7 +126,10 @@ class FeedbackConfig:
 class RewardConfig:
     """Reward model: contrastive warm start, Bradley–Terry training, Serve deployment.
 
-    ``clip_epochs`` of CLIP contrastive training on the labeled records come first (0 skips).
+    ``clip_epochs`` of CLIP contrastive training on the labeled records come first (0 skips), at
+    ``clip_lr``, each image also against ``hard_negatives`` one-edit corruptions of its reference
+    and moved by up to ``clip_shift_px`` pixels. In Bradley–Terry training ``batch_size`` counts
+    prompts (each batch holds all their pairs, so each image is encoded once).
 
     ``val_fraction`` of the prompts (not pairs, so no prompt leaks) is held out for pairwise
     accuracy. ``max_batch_size``/``batch_wait_timeout_s`` configure ``@serve.batch``;
@@ -137,6 +140,7 @@ class RewardConfig:
     clip_epochs: int = 10
     clip_lr: float = 5e-4
     hard_negatives: int = 4
+    clip_shift_px: int = 4
     epochs: int = 10
     batch_size: int = 64
     lr: float = 5e-4
@@ -153,6 +157,7 @@ class RewardConfig:
         for name in ("epochs", "batch_size", "lr", "clip_lr", "max_batch_size", "target_ongoing_requests"):
             _positive(f"reward.{name}", getattr(self, name))
         _positive("reward.hard_negatives", self.hard_negatives, zero_ok=True)
+        _positive("reward.clip_shift_px", self.clip_shift_px, zero_ok=True)
         _check(0 < self.val_fraction < 1, "reward.val_fraction", "a number in (0, 1)", self.val_fraction)
         _check(1 <= self.min_replicas <= self.max_replicas, "reward.min_replicas",
                f"1 <= min_replicas <= max_replicas ({self.max_replicas})", self.min_replicas)

@@ -71,7 +71,7 @@ POLICY_PRESETS = {
 }
 REWARD_PRESETS = {
     "tiny": RewardPreset(32, 32, 1, 16, 16, 1, 2, 32),
-    "small": RewardPreset(64, 128, 2, 32, 64, 2, 2, 64),
+    "small": RewardPreset(64, 128, 2, 32, 64, 2, 2, 64, context_length=12),
 }
 
 

@@ -85,8 +85,10 @@ class ModelConfig:
 @dataclass
 class SFTConfig:
     """Supervised fine-tuning: ``epochs`` over the labeled pool, AdamW at peak ``lr`` with a
-    linear warmup over ``warmup_ratio`` of the steps, cosine decay, and clipping at ``grad_clip``."""
+    linear warmup over ``warmup_ratio`` of the steps, cosine decay, and clipping at ``grad_clip``.
+    ``vision_warmup_epochs`` of bag-of-words pretraining of the vision tower come first (0 skips)."""
 
+    vision_warmup_epochs: int = 10
     epochs: int = 40
     batch_size: int = 16
     lr: float = 1e-3
@@ -98,6 +100,7 @@ class SFTConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "lr", "max_new_tokens", "grad_clip"):
             _positive(f"sft.{name}", getattr(self, name))
+        _positive("sft.vision_warmup_epochs", self.vision_warmup_epochs, zero_ok=True)
         _check(0 <= self.warmup_ratio < 1, "sft.warmup_ratio", "a number in [0, 1)", self.warmup_ratio)
 
 

@@ -187,6 +187,18 @@ def generate(model, processor, batch: PromptBatch, max_new_tokens: int, temperat
     )
 
 
+def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The image tokens the language model sees: vision tower + projector, ``(B, P, H)``.
+
+    ``pixel_values``: ``(B, 3, H_img, W_img)`` from the processor. Uses the LLaVA model's own
+    ``get_image_features`` (transformers), so the feature layer and selection strategy of the
+    checkpoint apply.
+    """
+    features = model.model.get_image_features(pixel_values=pixel_values)
+    features = getattr(features, "pooler_output", features)
+    return torch.stack(list(features)) if isinstance(features, (list, tuple)) else features
+
+
 def response_logprobs(model, batch: PromptBatch, response_ids: torch.Tensor, response_mask: torch.Tensor,
                       temperature: float = 1.0, return_hidden: bool = False):
     """Teacher-forced scores of responses: one forward over [prompt ; response], with gradients.

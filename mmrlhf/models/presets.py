@@ -22,7 +22,7 @@ from mmrlhf.models.reward import RewardModel, register_clip_config
 from mmrlhf.models.tokenizer import train_tokenizer
 
 IMAGE_SIZE = 64  # pixels, square; the digits task renders 64x64
-PATCH_SIZE = 8  # (64 / 8)^2 = 64 image tokens per prompt
+PATCH_SIZE = 16  # (64 / 16)^2 = 16 image tokens per prompt
 # Presets see pixels in [0, 1], so a black background is exactly 0. With CLIP's mean/std the
 # background becomes about -1.8 and swamps the digit strokes in every patch embedding: measured
 # here, a from-scratch vision tower then did not learn single digits in 300 steps, and did with this.
@@ -41,7 +41,7 @@ class PolicyPreset:
     text_layers: int
     text_heads: int
     text_intermediate: int
-    max_positions: int = 256  # 64 image tokens + prompt + response
+    max_positions: int = 256  # image tokens + prompt + response
 
 
 @dataclass(frozen=True)

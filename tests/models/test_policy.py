@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from mmrlhf.models.presets import IMAGE_SIZE, PATCH_SIZE
 from mmrlhf.models import (build_policy_preset, encode_prompts, encode_responses, generate, load_policy,
                            response_logprobs)
 
@@ -60,13 +61,13 @@ def test_tiny_policy_under_1m_params_and_small_between_1m_and_10m(tiny, tmp_path
     assert 1_000_000 < sum(p.numel() for p in small.parameters()) < 10_000_000
 
 
-def test_encode_prompts_left_pads_and_expands_the_image_to_64_tokens(tiny):
+def test_encode_prompts_left_pads_and_expands_the_image_to_its_patch_tokens(tiny):
     model, processor = tiny
     batch = encode_prompts(processor, _images(2) + [np.zeros((64, 64, 3), np.uint8)], PROMPTS + ["Describe."])
     assert batch.pixel_values.shape == (3, 3, 64, 64)
     assert batch.attention_mask[:, -1].all() and not batch.attention_mask[0, 0]
     image_id = model.config.image_token_id
-    assert ((batch.input_ids == image_id).sum(1) == 64).all()
+    assert ((batch.input_ids == image_id).sum(1) == (IMAGE_SIZE // PATCH_SIZE) ** 2).all()
     assert (batch.input_ids[batch.attention_mask == 0] == processor.tokenizer.pad_token_id).all()
 
 

@@ -44,7 +44,6 @@ class Rollout:
     finish_reason: list[str]          # (B,) "eos" or "length"
     texts: list[str]                  # (B,) decoded responses
     policy_version: Tensor            # (B,) int64, weights version that generated the row
-    images: Optional[list] = None     # (B,) uint8 numpy images, for the reward model
     scores: Optional[Tensor] = None   # (B,) reward-model score; NaN marks an unscored row
 
     def __len__(self) -> int:
@@ -84,7 +83,6 @@ class Rollout:
             finish_reason=[r for p in parts for r in p.finish_reason],
             texts=[t for p in parts for t in p.texts],
             policy_version=torch.cat([p.policy_version for p in parts]),
-            images=None if any(p.images is None for p in parts) else [im for p in parts for im in p.images],
             scores=None if any(s is None for s in scores) else torch.cat(scores),
         )
 

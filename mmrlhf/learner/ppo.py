@@ -27,7 +27,7 @@ from mmrlhf.learner.group import LearnerGroup
 from mmrlhf.learner.worker import LearnerWorker
 from mmrlhf.models.policy import PromptBatch, load_policy, response_logprobs
 from mmrlhf.models.value import ActorCritic
-from mmrlhf.types import Rollout
+from mmrlhf.types import Experience, Rollout
 
 POLICY_PREFIX = "policy."
 
@@ -97,9 +97,12 @@ class PPOLearner(LearnerWorker):
         n, total, total_sq = _all_reduce_sum(mask.sum(), (advantages * mask).sum(), (advantages**2 * mask).sum())
         mean = total / max(n, 1.0)
         var = max(total_sq / max(n, 1.0) - mean**2, 0.0) * n / max(n - 1, 1.0)
-        self.experience = {**shard, "response_mask": mask, "old_logprobs": old_logprobs, "values": values,
-                           "advantages": masked_whiten(advantages, mask, mean=torch.tensor(mean), var=torch.tensor(var)),
-                           "returns": returns}
+        self.experience = Experience(
+            input_ids=shard["input_ids"], attention_mask=shard["attention_mask"], pixel_values=shard["pixel_values"],
+            response_ids=shard["response_ids"], response_mask=mask, old_logprobs=old_logprobs,
+            ref_logprobs=ref_logprobs, values=values, rewards=rewards,
+            advantages=masked_whiten(advantages, mask, mean=torch.tensor(mean), var=torch.tensor(var)),
+            returns=returns).to_dict()
         sums = _all_reduce_sum(
             (kl.sum(-1) * scored).sum(), scores.sum(), scored.sum(), mask.sum(),
             ((shard["logprobs"] - old_logprobs).abs() * mask).sum(), len(scored))
@@ -127,7 +130,7 @@ class PPOLearner(LearnerWorker):
         if not self.experience:
             raise RuntimeError("PPOLearner.update: call make_experience first")
         self.engine.train()
-        n = len(self.experience["scores"])
+        n = len(self.experience["response_ids"])
         per_rank = max(1, self.rl.minibatch_size // self.world_size)
         history: list[dict[str, float]] = []
         for _ in range(self.rl.ppo_epochs):

@@ -46,11 +46,12 @@ def run_feedback_simulation(cfg: RunConfig) -> int:
     pairs = []
     k = fb.samples_per_prompt
     for start in tqdm(range(0, len(ids), _PROMPTS_PER_BATCH), desc="feedback", unit="batch"):
-        rows = [i for i in range(start, min(start + _PROMPTS_PER_BATCH, len(ids))) for _ in range(k)]
+        prompt_rows = range(start, min(start + _PROMPTS_PER_BATCH, len(ids)))
+        rows = [i for i in prompt_rows for _ in range(k)]
         batch = encode_prompts(processor, [images[i] for i in rows], [prompts[i] for i in rows])
         texts = generate(model, processor, batch, cfg.sft.max_new_tokens,
                          temperature=fb.sample_temperature, generator=generator).texts
-        for n, i in enumerate(range(start, min(start + _PROMPTS_PER_BATCH, len(ids)))):
+        for n, i in enumerate(prompt_rows):
             samples = texts[n * k:(n + 1) * k]
             gold = [gold_score(t, references[i]) for t in samples]
             pairs += simulate_preferences(ids[i], samples, gold, fb.bt_temperature, rng, fb.annotator)

@@ -19,6 +19,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 
+RAY_PREDEFINED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
 class ConfigError(ValueError):
     """A malformed configuration: unknown key, wrong type or value out of range (one line)."""
 
@@ -80,6 +83,17 @@ class ModelConfig:
     policy: str = "small"
     reward: str = "small"
     reward_pretrained: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.reward_pretrained is not None and "/" not in self.reward_pretrained:  # a path: weights file
+            # A typo in a tag would otherwise surface as a failed download on the cluster, hours in.
+            import open_clip
+
+            known = open_clip.list_pretrained()
+            _check((self.reward, self.reward_pretrained) in known, "model.reward_pretrained",
+                   f"a tag open_clip knows for {self.reward!r}: "
+                   + (", ".join(t for m, t in known if m == self.reward) or "none (not an open_clip model name)"),
+                   self.reward_pretrained)
 
 
 @dataclass
@@ -213,7 +227,8 @@ class RLConfig:
 
 @dataclass
 class ResourcesConfig:
-    """Ray resources per actor kind; ``custom`` resource names place actors on node types."""
+    """Ray resources per actor kind (CPUs, GPUs); ``*_resource`` names a custom resource that one
+    node type advertises, so each kind of actor is placed on its node type (see ``cluster/``)."""
 
     rollout_cpus: float = 1.0
     rollout_gpus: float = 0.0
@@ -231,6 +246,11 @@ class ResourcesConfig:
             value = getattr(self, f.name)
             if isinstance(value, float):
                 _positive(f"resources.{f.name}", value, zero_ok=True)
+            if f.name.endswith("_resource") and value is not None:
+                # Ray refuses its predefined resources in a `resources` dict (num_cpus/num_gpus are for those).
+                _check(bool(value) and value not in RAY_PREDEFINED_RESOURCES, f"resources.{f.name}",
+                       "a custom resource name that a node type advertises, not one of "
+                       + ", ".join(RAY_PREDEFINED_RESOURCES), value)
 
 
 @dataclass

@@ -15,7 +15,9 @@ itself but needs the cluster's token when the cluster has auth on. This module c
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 import ray
 from ray.runtime_context import RuntimeContext
@@ -69,3 +71,23 @@ def shutdown_ray(shutdown_serve: bool = True) -> None:
     if shutdown_serve and ray.is_initialized():
         serve.shutdown()
     ray.shutdown()
+
+
+@contextlib.contextmanager
+def submitted_job_connection() -> Iterator[bool]:
+    """Inside a submitted job (`RAY_ADDRESS` set), stay connected to its cluster for the block.
+
+    Yields whether it connected. `mmrlhf train` runs its single-process stages in the job's
+    driver; connected, their Ray metrics (stage times) reach the cluster's metrics agent, and the
+    RL stage reuses the connection. Outside a job it does nothing: a local cluster is only worth
+    starting for the RL stage. On exit it disconnects and leaves Serve running (the cluster is
+    shared).
+    """
+    if not os.environ.get("RAY_ADDRESS"):
+        yield False
+        return
+    init_ray()
+    try:
+        yield True
+    finally:
+        shutdown_ray(shutdown_serve=False)

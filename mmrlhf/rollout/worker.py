@@ -15,6 +15,7 @@ import ray
 import torch
 
 from mmrlhf.data.media import decode_image
+from mmrlhf.metrics import record_reward_latency
 from mmrlhf.models.policy import encode_prompts, generate, load_policy
 from mmrlhf.sync import load_state_dict_strict, state_dict_hash
 from mmrlhf.types import Rollout
@@ -23,11 +24,12 @@ Scorer = Callable[[list[np.ndarray], list[str]], list[float]]
 
 
 def serve_scorer(app_name: str, deployment_name: str = "RewardDeployment") -> Scorer:
-    """A scoring function that calls the reward deployment's ``score`` through a handle."""
+    """A scoring function that calls the reward deployment's ``score`` through a handle; each call's
+    seconds go to the Ray histogram ``mmrlhf_reward_latency_seconds``."""
     from ray import serve
 
     handle = serve.get_deployment_handle(deployment_name, app_name=app_name)
-    return lambda images, texts: handle.score.remote(images, texts).result()
+    return record_reward_latency(lambda images, texts: handle.score.remote(images, texts).result())
 
 
 class RolloutWorker:

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import sacrebleu
 import torch
 from rouge_score import rouge_scorer
+from tqdm import tqdm
 
 from mmrlhf.config import RunConfig
 from mmrlhf.data.digits import exact_match, gold_score
@@ -50,7 +51,7 @@ def greedy_responses(model, processor, images: list[np.ndarray], prompts: list[s
                      batch_size: int, max_new_tokens: int) -> list[str]:
     """Greedy responses of ``model`` for each (image, prompt), in batches of ``batch_size``."""
     texts: list[str] = []
-    for start in range(0, len(prompts), batch_size):
+    for start in tqdm(range(0, len(prompts), batch_size), desc="eval", unit="batch"):
         batch = encode_prompts(processor, images[start:start + batch_size], prompts[start:start + batch_size])
         texts += generate(model, processor, batch, max_new_tokens, do_sample=False).texts
     return texts

@@ -9,7 +9,6 @@ submitted job), else starts a local cluster big enough for the configured actors
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from mmrlhf.config import RunConfig
 from mmrlhf.controller import train_loop
 from mmrlhf.data.digits import gold_score
 from mmrlhf.learner.ppo import PPOLearnerGroup
+from mmrlhf.metrics import RLMetricsLogger
 from mmrlhf.models.policy import load_policy
 from mmrlhf.reward.serve_app import build_reward_app, deploy_reward
 from mmrlhf.rollout.prompts import PromptSource
@@ -128,7 +128,8 @@ def run_rl(cfg: RunConfig) -> list[dict[str, float]]:
     """Run the RL stage; returns the per-step metrics (also in ``<run_dir>/rl/metrics.jsonl``).
 
     ``ray.init()`` joins ``RAY_ADDRESS`` when set, else starts (and afterwards stops) a local
-    cluster sized for the configured actors.
+    cluster sized for the configured actors; a connection that is already open is used and left
+    open. Each step is also reported by :class:`mmrlhf.metrics.RLMetricsLogger`.
 
     Raises:
         FileNotFoundError: no SFT policy or no reward model yet.
@@ -139,7 +140,10 @@ def run_rl(cfg: RunConfig) -> list[dict[str, float]]:
     paths.rl_metrics.parent.mkdir(parents=True, exist_ok=True)
     paths.rl_metrics.unlink(missing_ok=True)
     local = not os.environ.get("RAY_ADDRESS")
-    init_ray(num_cpus=_local_cpus(cfg) if local else None, include_dashboard=False if local else None)
+    joined = ray.is_initialized()  # `mmrlhf train` in a submitted job stays connected across stages
+    if not joined:
+        init_ray(num_cpus=_local_cpus(cfg) if local else None, include_dashboard=False if local else None)
+    logger = RLMetricsLogger(cfg.run_dir, cfg.rl.steps)  # JSONL, TensorBoard, Ray metrics, progress bar, plot
     try:
         with rl_system(cfg) as system:
             def on_step(step: int, metrics: dict[str, float], rollout) -> None:
@@ -149,16 +153,13 @@ def run_rl(cfg: RunConfig) -> list[dict[str, float]]:
                     metrics["rollout/gold"] = sum(golds) / len(golds)
                 metrics["step"] = step
                 history.append(metrics)
-                with paths.rl_metrics.open("a") as f:
-                    f.write(json.dumps(metrics) + "\n")
-                print(f"rl step {step + 1}/{cfg.rl.steps}: reward {metrics['rollout/reward']:.3f} "
-                      f"gold {metrics.get('rollout/gold', float('nan')):.3f} kl {metrics['rollout/kl']:.4f} "
-                      f"all-alike {metrics['rollout/all_alike']:.2f} clipfrac {metrics.get('ppo/clipfrac', 0):.3f} "
-                      f"sync {metrics['sync/seconds']:.2f}s step {metrics['time/step_seconds']:.1f}s", flush=True)
+                logger.log(step, metrics)
 
             train_loop(cfg.rl, system.prompts, system.rollout_group, system.learner_group, system.weight_sync,
                        system.kl_controller, on_step)
             save_policy(system.learner_group, system.policy_path, paths.rl_policy)
     finally:
-        shutdown_ray(shutdown_serve=local)
+        logger.close()
+        if not joined:
+            shutdown_ray(shutdown_serve=local)
     return history

@@ -6,7 +6,11 @@ Each stage is skipped when its output already exists in the run directory, so an
 
 from __future__ import annotations
 
+import contextlib
+
+from mmrlhf.cluster import submitted_job_connection
 from mmrlhf.config import RunConfig, save_config
+from mmrlhf.metrics import StageTimer
 from mmrlhf.stages.common import RunPaths
 
 TABLE_ROWS = (("exact_match", "exact match (%)"), ("bleu", "BLEU"), ("rouge_l", "ROUGE-L"),
@@ -30,7 +34,12 @@ def format_table(before: dict[str, float], after: dict[str, float], split: str) 
 
 
 def run_train(cfg: RunConfig) -> tuple[dict[str, float], dict[str, float]]:
-    """Run every stage whose output is missing, then evaluate SFT and RLHF; returns both metrics."""
+    """Run every stage whose output is missing, then evaluate SFT and RLHF; returns both metrics.
+
+    Stage times go to `<run_dir>/stages.jsonl`, TensorBoard and the Ray gauge
+    `mmrlhf_stage_seconds` (:class:`mmrlhf.metrics.StageTimer`). In a submitted job the driver
+    stays connected to the job's cluster throughout (:func:`mmrlhf.cluster.submitted_job_connection`).
+    """
     from mmrlhf.stages.data import prepare_data
     from mmrlhf.stages.eval import run_eval
     from mmrlhf.stages.feedback import run_feedback_simulation
@@ -48,13 +57,16 @@ def run_train(cfg: RunConfig) -> tuple[dict[str, float], dict[str, float]]:
         ("reward", paths.reward_model.exists, lambda: run_reward_training(cfg)),
         ("rl", paths.rl_policy.exists, lambda: run_rl(cfg)),
     ]
-    for name, done, run in stages:
-        if done():
-            print(f"train: {name} output exists in {paths.root}, skipping")
-        else:
-            print(f"train: stage {name}", flush=True)
-            run()
-    before, after = run_eval(cfg, "sft"), run_eval(cfg, "rl")
+    with submitted_job_connection(), contextlib.closing(StageTimer(paths.root)) as timed:
+        for name, done, run in stages:
+            if done():
+                print(f"train: {name} output exists in {paths.root}, skipping")
+            else:
+                print(f"train: stage {name}", flush=True)
+                with timed(name):
+                    run()
+        with timed("eval"):
+            before, after = run_eval(cfg, "sft"), run_eval(cfg, "rl")
     table = format_table(before, after, cfg.eval.split)
     (paths.root / "results.md").write_text(table + "\n")
     print(table)

@@ -1,0 +1,193 @@
+"""What a run reports while it runs: Ray metrics, TensorBoard, the JSONL log, progress bars, a plot.
+
+Ray metrics (`ray.util.metrics`) go to the metrics agent of the node the recording process runs
+on, which serves them for Prometheus on the node's `--metrics-export-port`; the Ray dashboard and
+the Grafana dashboard in `cluster/grafana_dashboard.json` read them from there. Ray puts its own
+`ray_` prefix before every application metric, so `mmrlhf_kl` is scraped as `ray_mmrlhf_kl`, and a
+`Counter` named `mmrlhf_rl_steps` as `ray_mmrlhf_rl_steps_total` (Ray docs, "Adding Application-Level
+Metrics"). A gauge is served while the process that set it lives; Ray drops it about two export
+intervals (`RAY_metrics_report_interval_ms`, 10 s by default) after that process exits.
+
+Recording needs no connection: without `ray.init()` the values stay in the process and nothing is
+exported, so the same code runs in unit tests and on a laptop.
+
+Files in the run directory: `rl/metrics.jsonl` (one JSON object per RL step), `tensorboard/`
+(`torch.utils.tensorboard.SummaryWriter` event files: every RL metric by step, stage times),
+`stages.jsonl` (one line per finished stage of `mmrlhf train`) and `rl/metrics.png` (reward, gold
+score and KL over the steps, written when the RL stage ends).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from ray.util.metrics import Counter, Gauge, Histogram
+from tqdm import tqdm
+
+from mmrlhf.stages.common import RunPaths
+
+# RL metric key -> (Ray gauge name, description); keys as returned by `controller.train_loop`.
+RL_GAUGES = {
+    "rollout/reward": ("mmrlhf_reward_mean", "mean reward-model score of the step's rollout"),
+    "rollout/gold": ("mmrlhf_gold_mean", "mean gold score of the step's rollout (tasks with an oracle)"),
+    "rollout/kl": ("mmrlhf_kl", "mean KL(policy || reference) per response, nats"),
+    "ppo/entropy": ("mmrlhf_entropy", "mean token entropy of the policy in the PPO update, nats"),
+    "sync/version": ("mmrlhf_policy_version", "policy version the rollout workers hold after the step"),
+    "rollout/policy_lag": ("mmrlhf_policy_lag", "versions between the newest policy and the oldest in the rollout"),
+    "rollout/samples_per_s": ("mmrlhf_samples_per_second", "samples generated, scored and trained on per second"),
+    "rollout/tokens_per_s": ("mmrlhf_tokens_per_second", "response tokens generated per second"),
+}
+# RL metric key -> (Ray histogram name, description); one observation per step, in seconds.
+RL_HISTOGRAMS = {
+    "sync/seconds": ("mmrlhf_weight_sync_seconds", "weight sync: gather, publish and load on every worker, s"),
+    "time/step_seconds": ("mmrlhf_rl_step_seconds", "one RL step: generate, score, experience, update, sync, s"),
+}
+SECONDS_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]
+PLOTTED = (("rollout/reward", "reward-model score"), ("rollout/gold", "gold score"), ("rollout/kl", "KL (nats)"))
+
+
+def tensorboard_dir(run_dir: str | Path) -> Path:
+    """Where a run's TensorBoard event files go: `<run_dir>/tensorboard`."""
+    return Path(run_dir) / "tensorboard"
+
+
+def rl_plot_path(run_dir: str | Path) -> Path:
+    """The PNG plot of the RL stage: `<run_dir>/rl/metrics.png`."""
+    return Path(run_dir) / "rl" / "metrics.png"
+
+
+def record_reward_latency(score: Callable) -> Callable:
+    """Wrap a scoring call so each call's wall time goes to `mmrlhf_reward_latency_seconds`.
+
+    score: any callable (e.g. a call of the reward deployment through its `DeploymentHandle`);
+    the wrapper returns its result unchanged and observes the seconds even when it raises.
+    Build it inside the process that calls it (a rollout worker), where the metric is recorded.
+    """
+    latency = Histogram("mmrlhf_reward_latency_seconds", "reward deployment call as seen by a rollout worker, s",
+                        boundaries=SECONDS_BUCKETS)
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return score(*args, **kwargs)
+        finally:
+            latency.observe(time.perf_counter() - start)
+
+    return timed
+
+
+class RLMetricsLogger:
+    """Reports each RL step to the JSONL log, TensorBoard, Ray metrics and a progress bar.
+
+    run_dir: the run directory; steps: the stage's total step count (for the bar); start_step:
+    the first step this process runs (a resumed run starts later). `close()` writes the plot
+    from the whole JSONL log (earlier processes' steps included) and closes the files.
+    """
+
+    def __init__(self, run_dir: str | Path, steps: int, start_step: int = 0) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.jsonl = RunPaths(run_dir).rl_metrics
+        self.plot = rl_plot_path(run_dir)
+        self.jsonl.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = SummaryWriter(str(tensorboard_dir(run_dir)))
+        self.gauges = {key: Gauge(name, doc) for key, (name, doc) in RL_GAUGES.items()}
+        self.histograms = {key: Histogram(name, doc, boundaries=SECONDS_BUCKETS)
+                           for key, (name, doc) in RL_HISTOGRAMS.items()}
+        self.steps_done = Counter("mmrlhf_rl_steps", "RL steps finished")
+        self.bar = tqdm(total=steps, initial=start_step, desc="rl", unit="step")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Report step `step` (0-based). Adds `rollout/tokens_per_s` to `metrics` from
+        `rollout/response_tokens` (mean per sample) and `rollout/samples_per_s` when both are there."""
+        if "rollout/response_tokens" in metrics and "rollout/samples_per_s" in metrics:
+            metrics["rollout/tokens_per_s"] = metrics["rollout/response_tokens"] * metrics["rollout/samples_per_s"]
+        with self.jsonl.open("a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, global_step=step)
+        self.writer.flush()
+        for key, gauge in self.gauges.items():
+            if math.isfinite(metrics.get(key, math.nan)):
+                gauge.set(metrics[key])
+        for key, histogram in self.histograms.items():
+            if key in metrics:
+                histogram.observe(metrics[key])
+        self.steps_done.inc()
+        self.bar.update(1)
+        self.bar.write(
+            f"rl step {step + 1}/{self.bar.total}: reward {metrics.get('rollout/reward', math.nan):.3f} "
+            f"gold {metrics.get('rollout/gold', math.nan):.3f} kl {metrics.get('rollout/kl', math.nan):.4f} "
+            f"all-alike {metrics.get('rollout/all_alike', math.nan):.2f} clipfrac {metrics.get('ppo/clipfrac', 0):.3f} "
+            f"sync {metrics.get('sync/seconds', math.nan):.2f}s step {metrics.get('time/step_seconds', math.nan):.1f}s")
+
+    def close(self) -> None:
+        """Write the plot of every step in the JSONL log (none if it is empty) and close the files."""
+        self.bar.close()
+        self.writer.close()
+        history = [json.loads(line) for line in self.jsonl.read_text().splitlines()] if self.jsonl.exists() else []
+        if history:
+            plot_rl_history(history, self.plot)
+
+
+def plot_rl_history(history: Sequence[dict[str, float]], out: Path) -> None:
+    """Reward, gold score and KL over the steps as one PNG with three panels (matplotlib, Agg).
+
+    history: per-step metric dicts with a "step" key; a panel whose metric never appears says so.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on cluster nodes
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(PLOTTED), 1, sharex=True, figsize=(6, 2.2 * len(PLOTTED)))
+    for ax, (key, label) in zip(axes, PLOTTED):
+        points = [(m["step"], m[key]) for m in history if key in m]
+        if points:
+            ax.plot(*zip(*points), marker="o", markersize=3)
+        else:
+            ax.text(0.5, 0.5, "not measured in this run", ha="center", va="center", transform=ax.transAxes)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("RL step")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+class StageTimer:
+    """Times the stages of `mmrlhf train`: `<run_dir>/stages.jsonl`, TensorBoard and
+    the Ray gauge `mmrlhf_stage_seconds{stage=...}` (seconds of wall time).
+
+    `with timer("sft"): run_sft(cfg)` records the stage only when its block finishes without error.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.log = Path(run_dir) / "stages.jsonl"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = SummaryWriter(str(tensorboard_dir(run_dir)))
+        self.gauge = Gauge("mmrlhf_stage_seconds", "wall time of the last finished run of each stage, s",
+                           tag_keys=("stage",))
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - start
+        with self.log.open("a") as f:
+            f.write(json.dumps({"stage": stage, "seconds": seconds}) + "\n")
+        self.writer.add_scalar(f"stage_seconds/{stage}", seconds)
+        self.writer.flush()
+        self.gauge.set(seconds, tags={"stage": stage})
+
+    def close(self) -> None:
+        """Close the TensorBoard writer."""
+        self.writer.close()

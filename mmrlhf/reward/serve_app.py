@@ -317,3 +317,30 @@ def deploy_reward(
     else:
         serve.start(proxy_location="HeadOnly", http_options={"host": http_host, "port": http_port})
     return serve.run(app, name=name, route_prefix=route_prefix)
+
+
+class RewardAppArgs(BaseModel):
+    """`args` of the reward application in a Serve config file (`serve deploy`, RayService).
+
+    weights_dir: the trained reward model (`<run_dir>/reward/model`, on storage every node mounts).
+    max_batch_size, batch_wait_timeout_s (seconds): `@serve.batch` limits. Unknown keys are
+    refused, so a misspelt argument fails the deploy instead of being ignored.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    weights_dir: str
+    max_batch_size: int = Field(default=16, ge=1)
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0)
+
+
+def reward_app_builder(args: RewardAppArgs) -> Application:
+    """Application builder for Serve config files: `import_path:
+    mmrlhf.reward.serve_app:reward_app_builder` with `args` as in `RewardAppArgs`.
+
+    The config's `deployments` entry for `RewardDeployment` sets replicas, autoscaling,
+    `ray_actor_options` and `user_config` (e.g. `device: cuda`); those override the defaults of
+    `build_reward_app`. Serve validates `args` against `RewardAppArgs` before calling this.
+    """
+    return build_reward_app(args.weights_dir, max_batch_size=args.max_batch_size,
+                            batch_wait_timeout_s=args.batch_wait_timeout_s)

@@ -36,6 +36,8 @@ def test_every_job_config_loads(path):
         (["data.min_digits=9"], ["data.min_digits"]),
         (["nonsense"], ["nonsense", "key=value"]),
         (["reward.val_fraction=1.5"], ["reward.val_fraction", "(0, 1)"]),
+        (["model.reward=ViT-L-14", "model.reward_pretrained=laion2b_s32b_b82"], ["model.reward_pretrained", "laion2b_s32b_b82k"]),
+        (["resources.learner_resource=GPU"], ["resources.learner_resource", "custom resource"]),
     ],
 )
 def test_bad_config_is_one_line_error_naming_the_key(override, names):

@@ -94,9 +94,22 @@ class CheckpointDir:
         return final
 
     def _prune(self, newest: Path) -> None:
-        steps = sorted((int(m.group(1)), p) for p in self.root.iterdir()
-                       if (m := _STEP_DIR.fullmatch(p.name)) and p != newest)
-        for _, old in steps[:max(0, len(steps) - (self.keep - 1))]:
+        """Keep the ``keep`` newest complete checkpoints; drop torn folders and abandoned ones.
+
+        A step folder without ``state.json`` is torn; one numbered above ``newest`` was written
+        by a run that died after it without moving ``latest`` there, and was resumed from before.
+        """
+        newest_step = int(_STEP_DIR.fullmatch(newest.name).group(1))
+        complete = []
+        for path in self.root.iterdir():
+            match = _STEP_DIR.fullmatch(path.name)
+            if match is None or path == newest:
+                continue
+            if int(match.group(1)) > newest_step or not (path / STATE_FILE).is_file():
+                shutil.rmtree(path)
+            else:
+                complete.append((int(match.group(1)), path))
+        for _, old in sorted(complete)[:max(0, len(complete) - (self.keep - 1))]:
             shutil.rmtree(old)
         for leftover in self.root.glob(".step_*.partial"):
             shutil.rmtree(leftover)

@@ -45,6 +45,7 @@ def test_latest_moves_only_when_a_save_completes(tmp_path):
     assert (tmp_path / "step_2" / "weights.txt").read_text() == "weights of step 2"
     assert ckpts.latest() == tmp_path / "step_2" and not (tmp_path / ".step_2.partial").exists()
 
+    (tmp_path / "step_9").mkdir()  # from a timeline abandoned by a resume from an earlier step
     ckpts.save(3, _write(3, cfg))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_2", "step_3"]  # keep=2
 

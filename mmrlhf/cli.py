@@ -41,7 +41,7 @@ def _reward(cfg: RunConfig, args: argparse.Namespace) -> None:
 def _rl(cfg: RunConfig, args: argparse.Namespace) -> None:
     from mmrlhf.stages.rl import run_rl
 
-    run_rl(cfg)
+    run_rl(cfg, resume=args.resume)
 
 
 def _eval(cfg: RunConfig, args: argparse.Namespace) -> None:
@@ -53,7 +53,7 @@ def _eval(cfg: RunConfig, args: argparse.Namespace) -> None:
 def _train(cfg: RunConfig, args: argparse.Namespace) -> None:
     from mmrlhf.stages.train import run_train
 
-    run_train(cfg)
+    run_train(cfg, resume=args.resume)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         _add_config_args(p)
         p.set_defaults(fn=fn)
+        if name in ("rl", "train"):
+            p.add_argument("--resume", action="store_true",
+                           help="continue the RL stage from its newest complete checkpoint")
 
     feedback = sub.add_parser("feedback", help="human feedback: simulated annotator")
     fsub = feedback.add_subparsers(dest="action", required=True)

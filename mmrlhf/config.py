@@ -151,7 +151,10 @@ class RewardConfig:
     ``val_fraction`` of the prompts (not pairs, so no prompt leaks) is held out for pairwise
     accuracy. ``max_batch_size``/``batch_wait_timeout_s`` configure ``@serve.batch``;
     ``min_replicas``/``max_replicas`` the Serve autoscaling config. ``http`` turns on the HTTP
-    route (off by default).
+    route (off by default). Serve probes each replica's health every ``health_check_period_s``
+    and replaces one whose check fails or takes over ``health_check_timeout_s``; a rollout
+    worker waits ``score_timeout_s`` for a score call and retries it ``score_retries`` times
+    before it drops the samples (counted, never scored).
     """
 
     clip_epochs: int = 10
@@ -169,12 +172,18 @@ class RewardConfig:
     target_ongoing_requests: float = 16.0
     http: bool = False
     http_port: int = 8000
+    health_check_period_s: float = 10.0
+    health_check_timeout_s: float = 30.0
+    score_timeout_s: float = 60.0
+    score_retries: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "lr", "clip_lr", "max_batch_size", "target_ongoing_requests"):
+        for name in ("epochs", "batch_size", "lr", "clip_lr", "max_batch_size", "target_ongoing_requests",
+                     "health_check_period_s", "health_check_timeout_s", "score_timeout_s"):
             _positive(f"reward.{name}", getattr(self, name))
         _positive("reward.hard_negatives", self.hard_negatives, zero_ok=True)
         _positive("reward.clip_shift_px", self.clip_shift_px, zero_ok=True)
+        _positive("reward.score_retries", self.score_retries, zero_ok=True)
         _check(0 < self.val_fraction < 1, "reward.val_fraction", "a number in (0, 1)", self.val_fraction)
         _check(1 <= self.min_replicas <= self.max_replicas, "reward.min_replicas",
                f"1 <= min_replicas <= max_replicas ({self.max_replicas})", self.min_replicas)
@@ -187,6 +196,9 @@ class RLConfig:
     Per step: ``prompts_per_step`` prompts × ``samples_per_prompt`` samples from
     ``rollout_workers`` workers; ``ppo_epochs`` passes over minibatches of ``minibatch_size``
     on a ``learner_ranks``-rank DeepSpeed ZeRO-``zero_stage`` learner group.
+
+    A checkpoint is written every ``checkpoint_every`` steps (0: only after the last step) and
+    the newest ``keep_checkpoints`` are kept (see :mod:`mmrlhf.checkpoint`).
     """
 
     algorithm: str = "ppo"
@@ -212,6 +224,8 @@ class RLConfig:
     max_new_tokens: int = 8
     grad_clip: float = 1.0
     max_policy_lag: int = 0
+    checkpoint_every: int = 5
+    keep_checkpoints: int = 2
 
     def __post_init__(self) -> None:
         _choice("rl.algorithm", self.algorithm, ("ppo",))
@@ -221,6 +235,8 @@ class RLConfig:
                      "minibatch_size", "lr", "temperature", "max_new_tokens"):
             _positive(f"rl.{name}", getattr(self, name))
         _check(self.samples_per_prompt >= 1, "rl.samples_per_prompt", "an integer >= 1", self.samples_per_prompt)
+        _positive("rl.checkpoint_every", self.checkpoint_every, zero_ok=True)
+        _check(self.keep_checkpoints >= 1, "rl.keep_checkpoints", "an integer >= 1", self.keep_checkpoints)
         _check(0 <= self.lam <= 1, "rl.lam", "a number in [0, 1]", self.lam)
         _check(0 <= self.gamma <= 1, "rl.gamma", "a number in [0, 1]", self.gamma)
 

@@ -39,8 +39,12 @@ def rollout_metrics(rollout: Rollout, policy_version: int) -> dict[str, float]:
 
 
 def train_loop(rl: RLConfig, prompts, rollout_group, learner_group, weight_sync, kl_controller,
-               on_step: Callable[[int, dict[str, float], Rollout], None], start_step: int = 0) -> None:
-    """Run PPO steps ``start_step .. rl.steps-1``; ``on_step(step, metrics, rollout)`` logs each."""
+               on_step: Callable[[int, dict[str, float], Rollout], None], start_step: int = 0,
+               checkpoint: Callable[[int], None] | None = None) -> None:
+    """Run PPO steps ``start_step .. rl.steps-1``; ``on_step(step, metrics, rollout)`` logs each.
+
+    ``checkpoint(steps_done)`` runs after every ``rl.checkpoint_every`` steps and after the last.
+    """
     for step in range(start_step, rl.steps):
         start = time.perf_counter()
         rollout = rollout_group.generate(prompts.next_batch(), rl.samples_per_prompt, step)  # scored by Serve
@@ -52,3 +56,6 @@ def train_loop(rl: RLConfig, prompts, rollout_group, learner_group, weight_sync,
         metrics["time/step_seconds"] = time.perf_counter() - start
         metrics["rollout/samples_per_s"] = len(rollout) / metrics["time/step_seconds"]
         on_step(step, metrics, rollout)
+        done = step + 1
+        if checkpoint is not None and (done == rl.steps or rl.checkpoint_every and done % rl.checkpoint_every == 0):
+            checkpoint(done)                                                      # a resume continues at `done`

@@ -251,6 +251,9 @@ def _manifest_candidate(where: str, row: Any) -> _Candidate:
     reference = row.get("reference")
     if reference is not None and not isinstance(reference, str):
         raise ValueError(f"{name}: field 'reference' must be a string")
+    if IMAGE_PLACEHOLDER in values["prompt"]:
+        raise _Skip(values["id"], f"prompt holds {values['prompt'].count(IMAGE_PLACEHOLDER)} literal <image> "
+                    "placeholders; the record's one image is placed before the prompt")
     return _Candidate(values["id"], image, values["prompt"], reference)
 
 

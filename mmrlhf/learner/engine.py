@@ -1,4 +1,4 @@
-"""DeepSpeed setup for one learner rank: the config, the engine, and a full-weight gather.
+"""DeepSpeed setup for one learner rank: the config, the engine, a full-weight gather, checkpoints.
 
 ZeRO (Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward Training Trillion Parameter
 Models") partitions across the data-parallel ranks the optimizer states (stage 1), also the
@@ -14,19 +14,37 @@ supported by ZeRO (`deepspeed/runtime/zero/utils.py: ZERO_SUPPORTED_OPTIMIZERS`)
 DeepSpeed picks its accelerator once, when `deepspeed` is first imported: set `DS_ACCELERATOR=cpu`
 in the environment of the process before that (the learner group does it through the actor's
 `runtime_env`); without it DeepSpeed falls back to the CPU anyway when it finds no GPU.
+
+Checkpoints go through DeepSpeed's own `save_checkpoint` / `load_checkpoint` (DeepSpeed docs,
+"Model Checkpointing"), which every rank calls: rank 0 writes the module states, each rank its
+ZeRO partition of the optimizer (and, under ZeRO-3, of the parameters). Those files are pickles
+(`torch.save`); DeepSpeed reads them with `torch.load(weights_only=False)`, which would run any
+code a crafted file holds. `load_engine_checkpoint` swaps in `SafeTorchCheckpointEngine`, which
+reads them with `weights_only=True` and only DeepSpeed's own enum types allowed.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
+import pickle
+from pathlib import Path
 
 import deepspeed
 import torch
 from deepspeed import DeepSpeedEngine
+from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+from deepspeed.runtime.fp16.loss_scaler import LossScaler
+from deepspeed.runtime.zero.config import ZeroStageEnum
+from deepspeed.utils.tensor_fragment import fragment_address
 from torch import Tensor, nn
 
 ADAMW_BETAS = (0.9, 0.999)
 ADAMW_EPS = 1e-8
+DEEPSPEED_TAG = "deepspeed"  # the one checkpoint tag inside a step folder
+# Non-builtin types that DeepSpeed (0.19) puts into its checkpoint pickles, ZeRO 1-3 (found with
+# `torch.serialization.get_unsafe_globals_in_checkpoint` on its files).
+DEEPSPEED_SAFE_GLOBALS = [ZeroStageEnum, LossScaler, fragment_address]
 
 
 def backend() -> str:
@@ -149,3 +167,54 @@ def gather_full_state_dict(engine: DeepSpeedEngine) -> dict[str, Tensor]:
         elif rank == 0:
             full[name] = tensor.detach().to("cpu", copy=True)
     return full
+
+
+class SafeTorchCheckpointEngine(TorchCheckpointEngine):
+    """DeepSpeed's torch checkpoint engine, loading with `torch.load(weights_only=True)`.
+
+    Tensors, plain containers and `DEEPSPEED_SAFE_GLOBALS` load; anything else in the pickle is
+    refused before it can run. Raises ValueError naming the file.
+    """
+
+    def load(self, path: str, map_location=None):
+        try:
+            with torch.serialization.safe_globals(DEEPSPEED_SAFE_GLOBALS):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise ValueError(f"{path}: refused, the pickle holds more than tensors and DeepSpeed's "
+                             f"state ({str(err).splitlines()[0]})") from None
+
+
+def save_engine_checkpoint(engine: DeepSpeedEngine, folder: Path) -> None:
+    """DeepSpeed's `save_checkpoint` into `folder/DEEPSPEED_TAG/` (module, optimizer partitions).
+
+    Collective: every rank calls it. DeepSpeed's own `latest` file is not written; the caller
+    commits the checkpoint (see `mmrlhf.checkpoint`).
+    """
+    engine.save_checkpoint(str(folder), tag=DEEPSPEED_TAG, save_latest=False)
+
+
+def load_engine_checkpoint(engine: DeepSpeedEngine, folder: Path) -> None:
+    """Load what `save_engine_checkpoint` wrote: module and optimizer state, every ZeRO stage.
+
+    Collective: every rank calls it, with the world size and ZeRO stage of the save.
+    Raises FileNotFoundError when `folder` holds no DeepSpeed checkpoint, ValueError when a file
+    in it is refused by `SafeTorchCheckpointEngine`.
+    """
+    if not (Path(folder) / DEEPSPEED_TAG).is_dir():
+        raise FileNotFoundError(f"{folder}: no DeepSpeed checkpoint ({DEEPSPEED_TAG}/ is missing)")
+    engine.checkpoint_engine = SafeTorchCheckpointEngine(engine._config)
+    path, _ = engine.load_checkpoint(str(folder), tag=DEEPSPEED_TAG, load_module_strict=True,
+                                     load_optimizer_states=True, load_lr_scheduler_states=True)
+    if path is None:
+        raise FileNotFoundError(f"{folder}/{DEEPSPEED_TAG}: DeepSpeed found no checkpoint files to load")
+
+
+def encode_rng(state: Tensor) -> str:
+    """A torch RNG state (uint8 tensor) as base64 text, for a JSON file."""
+    return base64.b64encode(state.numpy().tobytes()).decode("ascii")
+
+
+def decode_rng(text: str) -> Tensor:
+    """The inverse of `encode_rng`."""
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()

@@ -11,11 +11,12 @@ all-reduced by the ranks.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import ray
 from ray import ObjectRef
-from ray.exceptions import GetTimeoutError
+from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from torch import Tensor, nn
@@ -25,13 +26,34 @@ from mmrlhf.learner.worker import LearnerWorker, LossFn, shard_batch
 SHUTDOWN_TIMEOUT_S = 30.0
 
 
-def _get_fail_fast(refs: list[ObjectRef], timeout_s: float | None = None) -> list[Any]:
+class LearnerRankDied(RuntimeError):
+    """A learner rank's actor died; the group cannot go on (its collectives need every rank).
+
+    `rank` names it; the message says how to continue (`--resume` from the last checkpoint).
+    """
+
+    def __init__(self, rank: int, err: RayActorError) -> None:
+        super().__init__(
+            f"learner rank {rank} died ({type(err).__name__}); the learner group "
+            "cannot continue without it, so the run stops here. Continue with `--resume` from the "
+            "last complete checkpoint."
+        )
+        self.rank = rank
+
+
+def _get_fail_fast(
+    refs: list[ObjectRef], timeout_s: float | None = None, ranks: Sequence[int] | None = None
+) -> list[Any]:
     """`ray.get(refs)`, but raise the first rank error as soon as it happens.
 
     A plain `ray.get` on all ranks would wait for the healthy ranks, which sit in a collective
     waiting for the failed one until the process-group timeout (30 minutes by default).
-    Raises GetTimeoutError when not all are done within `timeout_s` seconds (None: no limit).
+    ranks: the rank of each ref (default 0, 1, ...), for the error message.
+    Raises the first rank's error: LearnerRankDied naming the rank when its actor died, else
+    what the rank raised; GetTimeoutError when not all are done within `timeout_s` seconds
+    (None: no limit).
     """
+    ranks = list(range(len(refs))) if ranks is None else list(ranks)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     pending = list(refs)
     while pending:
@@ -41,7 +63,10 @@ def _get_fail_fast(refs: list[ObjectRef], timeout_s: float | None = None) -> lis
             raise GetTimeoutError(
                 f"{len(pending)} of {len(refs)} ranks not done within {timeout_s}s"
             )
-        ray.get(done)
+        try:
+            ray.get(done)
+        except RayActorError as err:
+            raise LearnerRankDied(ranks[refs.index(done[0])], err) from err
     return ray.get(refs)
 
 
@@ -145,9 +170,11 @@ class LearnerGroup:
         ]
         return self._collect(refs)
 
-    def _collect(self, refs: list[ObjectRef], timeout_s: float | None = None) -> list[Any]:
+    def _collect(
+        self, refs: list[ObjectRef], timeout_s: float | None = None, ranks: Sequence[int] | None = None
+    ) -> list[Any]:
         try:
-            return _get_fail_fast(refs, timeout_s)
+            return _get_fail_fast(refs, timeout_s, ranks)
         except Exception:
             # The other ranks may be stuck in a collective with the failed one for good.
             self._failed = True
@@ -169,13 +196,22 @@ class LearnerGroup:
         in the object store: pass the ref on rather than fetching it into the driver.
         """
         refs = [getattr(worker, method_name).remote() for worker in self.workers]
-        self._collect(refs[1:])
+        self._collect(refs[1:], ranks=range(1, self.num_ranks))
         ray.wait(refs[:1], fetch_local=False)
         return refs[0]
 
     def param_hash(self) -> str:
         """`sync.state_dict_hash` of the full weights, computed on rank 0. Collective."""
         return self.run("get_param_hash")[0]
+
+    def save_checkpoint(self, folder: str | Path) -> str:
+        """Every rank writes its part of a checkpoint into `folder` (see
+        `LearnerWorker.save_checkpoint`); returns the hash of the saved weights."""
+        return self.run("save_checkpoint", folder=str(folder))[0]
+
+    def load_checkpoint(self, folder: str | Path) -> str:
+        """Every rank loads its part of the checkpoint in `folder`; returns the weights' hash."""
+        return self.run("load_checkpoint", folder=str(folder))[0]
 
     def shutdown(self) -> None:
         """Leave the process group on every rank, kill the actors, remove the placement group.

@@ -141,6 +141,15 @@ class PPOLearner(LearnerWorker):
                 history.append(self.train_step(minibatch, self._minibatch_loss))
         return {k: sum(h[k] for h in history) / len(history) for k in history[0]}
 
+    def rng_state(self) -> dict[str, Tensor]:
+        """Adds the minibatch-order generator to :meth:`LearnerWorker.rng_state`."""
+        return {**super().rng_state(), "minibatch_order": self.generator.get_state()}
+
+    def set_rng_state(self, state: dict[str, Tensor]) -> None:
+        """Restore what :meth:`rng_state` returned."""
+        super().set_rng_state(state)
+        self.generator.set_state(state["minibatch_order"])
+
     def policy_state_dict_for_sync(self) -> dict[str, Tensor] | None:
         """Rank 0: the policy's full weights (no value head) under the policy's own key names."""
         full = self.state_dict_for_sync()

@@ -9,16 +9,28 @@ metrics)` (PPO's update passes its PPO loss), and other per-rank work is `call(b
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+from pathlib import Path
 from typing import Any, Callable
 
 import deepspeed
 import ray
 import torch
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from mmrlhf.learner.engine import backend, gather_full_state_dict, init_engine
+from mmrlhf.checkpoint import WEIGHTS_FILE
+from mmrlhf.learner.engine import (
+    backend,
+    decode_rng,
+    encode_rng,
+    gather_full_state_dict,
+    init_engine,
+    load_engine_checkpoint,
+    save_engine_checkpoint,
+)
 from mmrlhf.sync import state_dict_hash
 
 LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict[str, float | Tensor]]]
@@ -179,6 +191,47 @@ class LearnerWorker:
         """`sync.state_dict_hash` of the full weights on rank 0, None on others. Collective."""
         full = gather_full_state_dict(self.engine)
         return state_dict_hash(full) if self.rank == 0 else None
+
+    def rng_state(self) -> dict[str, Tensor]:
+        """This rank's RNG states by name (uint8 tensors); subclasses add their generators."""
+        return {"torch": torch.get_rng_state()}
+
+    def set_rng_state(self, state: dict[str, Tensor]) -> None:
+        """Restore what `rng_state` returned."""
+        torch.set_rng_state(state["torch"])
+
+    def save_checkpoint(self, folder: str) -> str | None:
+        """Write this rank's part of a checkpoint into `folder`; collective, every rank calls it.
+
+        Rank 0 writes the full weights (gathered under ZeRO-3) to `WEIGHTS_FILE` (safetensors);
+        every rank writes DeepSpeed's state (`engine.save_engine_checkpoint`) and its RNG states
+        to `rng_rank<r>.json`. Returns `sync.state_dict_hash` of the weights on rank 0, else None.
+        """
+        folder_path = Path(folder)
+        full = gather_full_state_dict(self.engine)
+        digest = None
+        if self.rank == 0:
+            save_file({k: v.contiguous() for k, v in full.items()}, str(folder_path / WEIGHTS_FILE))
+            digest = state_dict_hash(full)
+        save_engine_checkpoint(self.engine, folder_path)
+        rng = {name: encode_rng(value) for name, value in self.rng_state().items()}
+        (folder_path / f"rng_rank{self.rank}.json").write_text(json.dumps(rng))
+        return digest
+
+    def load_checkpoint(self, folder: str) -> str | None:
+        """Load what `save_checkpoint` wrote (same world size and ZeRO stage); collective.
+
+        Returns the hash of the weights now held, on rank 0 (else None), for the caller to
+        compare with the saved one. Raises FileNotFoundError for a missing part, ValueError for
+        a DeepSpeed file holding more than tensors (see `engine.SafeTorchCheckpointEngine`).
+        """
+        folder_path = Path(folder)
+        rng_file = folder_path / f"rng_rank{self.rank}.json"
+        if not rng_file.is_file():
+            raise FileNotFoundError(f"{folder}: no {rng_file.name}; saved with fewer learner ranks?")
+        load_engine_checkpoint(self.engine, folder_path)
+        self.set_rng_state({name: decode_rng(text) for name, text in json.loads(rng_file.read_text()).items()})
+        return self.get_param_hash()
 
     def shutdown(self) -> None:
         """Leave the process group, so the actor can exit without a dangling communicator."""

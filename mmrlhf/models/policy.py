@@ -31,10 +31,12 @@ PROMPT_FORMAT = "<image>\n{prompt}\n"
 def load_policy(name_or_path: str, dtype: torch.dtype = torch.float32):
     """Load (model, processor) from a local folder or hub name with `from_pretrained`.
 
+    Weights load from safetensors only (`use_safetensors=True`): a folder holding only a pickle
+    (`pytorch_model.bin`) is refused with transformers' OSError, nothing in it is unpickled.
     The tokenizer pads on the left; a tokenizer without a pad token pads with eos.
     Source: transformers `AutoModelForImageTextToText`, `AutoProcessor`.
     """
-    model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype)
+    model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype, use_safetensors=True)
     processor = AutoProcessor.from_pretrained(name_or_path)
     processor.tokenizer.padding_side = "left"
     if processor.tokenizer.pad_token is None:
@@ -74,13 +76,18 @@ def encode_prompts(processor, images: list[np.ndarray], prompts: list[str]) -> P
     """Encode one image and one prompt per row with `PROMPT_FORMAT` -> `PromptBatch` (B rows).
 
     images: uint8 (H, W) or (H, W, 3); grayscale is repeated to RGB.
-    Raises ValueError naming the index of a non-uint8 image or an empty prompt, or on a length mismatch.
+    Raises ValueError naming the index of a non-uint8 image, an empty prompt or one holding the
+    image placeholder itself (it would ask for a second image), or on a length mismatch.
     """
     if len(images) != len(prompts):
         raise ValueError(f"encode_prompts: {len(images)} images but {len(prompts)} prompts")
+    image_token = getattr(processor, "image_token", "<image>")
     for i, prompt in enumerate(prompts):
         if not prompt.strip():
             raise ValueError(f"prompt {i}: empty")
+        if image_token in prompt:
+            raise ValueError(f"prompt {i}: holds a literal {image_token!r}; the image placeholder is added "
+                             f"once by PROMPT_FORMAT, expected 1 image per prompt")
     rgb = [as_rgb_uint8(image, i) for i, image in enumerate(images)]
     texts = [PROMPT_FORMAT.format(prompt=prompt) for prompt in prompts]
     enc = processor(images=rgb, text=texts, return_tensors="pt", padding=True)

@@ -10,7 +10,10 @@ through user_config", "Custom health checks", "FastAPI HTTP deployments"):
   (`load_weights`). Redeployed from Python (`deploy_reward`, i.e. `serve.run`), Serve gives the
   deployment a new random code version each time, so it replaces the replicas with new ones
   (rolling update) that load the new weights at start (checked with Ray 2.60);
-- `check_health` scores a fixed image and fails on a missing scorer or a non-finite score;
+- `check_health` scores a fixed image and fails on a missing scorer or a non-finite score; Serve
+  calls it every `health_check_period_s` and replaces a replica whose check raises or takes
+  longer than `health_check_timeout_s` (Serve docs, "Custom health checks");
+- `inject_fault` makes a replica fail or hang on purpose, so tests can watch Serve replace it;
 - POST `/score` takes {"items": [{"image_png_base64", "text"}]} and returns
   {"scores", "version"}, for clients outside the cluster. The HTTP route is off by default
   (`deploy_reward(route_prefix=None)` runs Serve without any HTTP proxy): Serve's proxy does not
@@ -35,6 +38,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
+FAULTS = ("none", "fail", "hang")
 MAX_ITEMS_PER_REQUEST = 256
 MAX_IMAGE_PIXELS = 4096 * 4096  # decoded width x height; larger images are refused, not resized
 HEALTH_IMAGE = np.full((8, 8), 128, dtype=np.uint8)  # (H, W) mid-grey
@@ -171,6 +175,8 @@ class RewardDeployment:
         self._scorer: Scorer | None = None
         self._version = -1
         self._items_scored = 0
+        self._fault = "none"
+        self._unhang = asyncio.Event()
         self.score_batch.set_max_batch_size(max_batch_size)
         self.score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
@@ -197,6 +203,7 @@ class RewardDeployment:
         Called one item at a time; Serve gathers concurrent calls into `items`.
         Raises RuntimeError without a scorer or when it returns the wrong number of scores.
         """
+        await self._apply_fault()
         images, texts = [image for image, _ in items], [text for _, text in items]
         scores = np.asarray(_loaded(self._scorer).score(images, texts))  # (B,)
         if scores.shape != (len(items),):
@@ -230,9 +237,35 @@ class RewardDeployment:
         """How many (image, text) items this replica has scored since it started."""
         return self._items_scored
 
-    def check_health(self) -> None:
-        """Serve's periodic health check; see `check_scorer_health`."""
+    async def check_health(self) -> None:
+        """Serve's periodic health check; see `check_scorer_health` and `inject_fault`."""
+        await self._apply_fault()
         check_scorer_health(self._scorer)
+
+    async def inject_fault(self, mode: str) -> str:
+        """For fault tests: from now on this replica's health check and scoring fail ("fail"),
+        block until the mode changes ("hang"), or work ("none"). Returns the replica's id.
+
+        Raises ValueError for another mode.
+        """
+        if mode not in FAULTS:
+            raise ValueError(f"RewardDeployment.inject_fault: mode {mode!r}, expected one of {FAULTS}")
+        self._fault = mode
+        if mode == "hang":
+            self._unhang.clear()
+        else:
+            self._unhang.set()
+        return self.replica_id()
+
+    async def _apply_fault(self) -> None:
+        if self._fault == "hang":
+            await self._unhang.wait()
+        if self._fault == "fail":
+            raise RuntimeError(f"RewardDeployment replica {self.replica_id()}: failing on purpose (inject_fault)")
+
+    def replica_id(self) -> str:
+        """Serve's unique id of this replica (a replaced replica gets a new one)."""
+        return serve.get_replica_context().replica_id.unique_id
 
     @app.post("/score", response_model=ScoreResponse)
     async def score_http(self, request: ScoreRequest) -> ScoreResponse:
@@ -261,6 +294,8 @@ def build_reward_app(
     scorer_factory: ScorerFactory | None = None,
     version: int = 0,
     batch_wait_timeout_s: float = 0.01,
+    health_check_period_s: float = 10.0,
+    health_check_timeout_s: float = 30.0,
 ) -> Application:
     """The reward Serve application, ready for `deploy_reward` (or `serve.run`).
 
@@ -271,6 +306,8 @@ def build_reward_app(
     ray_actor_options: per replica, e.g. {"num_cpus": 1, "num_gpus": 0.5}; default 1 CPU.
     max_ongoing_requests: per replica; default 2 * max_batch_size; must be >= max_batch_size or
     batches could never fill. batch_wait_timeout_s: seconds a partial batch waits for more.
+    health_check_period_s, health_check_timeout_s: how often Serve runs `check_health` and how
+    long one may take before the replica counts as unhealthy and is replaced (seconds).
     Raises ValueError naming the bad argument.
     """
     if max_batch_size < 1:
@@ -289,6 +326,8 @@ def build_reward_app(
         **scaling,
         ray_actor_options=ray_actor_options or {"num_cpus": 1},
         max_ongoing_requests=max_ongoing_requests,
+        health_check_period_s=health_check_period_s,
+        health_check_timeout_s=health_check_timeout_s,
         # One access-log line per scored item would drown the run's own progress output.
         logging_config={"enable_access_log": False},
         user_config={"weights_dir": str(weights_dir), "version": version},

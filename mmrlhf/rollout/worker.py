@@ -1,35 +1,79 @@
 """Rollout workers: policy replicas that sample responses and get them scored by the reward model.
 
 ``RolloutWorker`` is a plain class (testable without Ray); ``RolloutGroup`` makes N of them
-Ray actors (``max_restarts`` set) and splits each batch of prompts across them. Scores come
-from the reward model's Ray Serve deployment through a ``DeploymentHandle`` (uint8 images in,
-preprocessing in the replica), never over HTTP inside the cluster.
+Ray actors and splits each batch of prompts across them. Scores come from the reward model's
+Ray Serve deployment through a ``DeploymentHandle`` (uint8 images in, preprocessing in the
+replica), never over HTTP inside the cluster.
+
+Faults (Ray docs, "Fault tolerance: actors"): a worker actor that dies is restarted
+(``max_restarts``) and the ``generate`` task it was running is retried on the restarted actor
+(``max_task_retries``). That is safe because ``generate`` is idempotent: its sampling is seeded
+by (run seed, step, worker index), and each call carries the policy version it must use, which a
+restarted worker (back at the starting weights) loads before it samples. A reward call that
+times out or fails is retried; when every try fails the samples are left unscored (NaN, masked
+out by the learner and counted as ``rollout/unscored``), never given a made-up score.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any, Callable
 
 import numpy as np
 import ray
 import torch
+from ray import ObjectRef
+from ray.exceptions import RayError
 
 from mmrlhf.data.media import decode_image
 from mmrlhf.metrics import record_reward_latency
 from mmrlhf.models.policy import encode_prompts, generate, load_policy
-from mmrlhf.sync import load_state_dict_strict, state_dict_hash
+from mmrlhf.sync import WeightTransport, load_state_dict_strict, state_dict_hash
 from mmrlhf.types import Rollout
 
 Scorer = Callable[[list[np.ndarray], list[str]], list[float]]
+MAX_RESTARTS = 3
+logger = logging.getLogger(__name__)
 
 
-def serve_scorer(app_name: str, deployment_name: str = "RewardDeployment") -> Scorer:
-    """A scoring function that calls the reward deployment's ``score`` through a handle; each call's
-    seconds go to the Ray histogram ``mmrlhf_reward_latency_seconds``."""
+class ScoringFailed(RuntimeError):
+    """Every try of a reward call failed or timed out; the samples stay unscored."""
+
+
+def serve_scorer(app_name: str, deployment_name: str = "RewardDeployment", timeout_s: float = 60.0,
+                 retries: int = 3) -> Scorer:
+    """A scoring function that calls the reward deployment's ``score`` through a handle.
+
+    Each call's seconds, retries included, go to the Ray histogram ``mmrlhf_reward_latency_seconds``.
+
+    Each try waits ``timeout_s`` seconds (then cancels the request); a failed or timed-out try
+    is retried ``retries`` times, after 1, 2, 4... seconds (at most ``timeout_s``), which gives
+    Serve time to replace an unhealthy replica. A ``ValueError`` (a malformed request, the
+    caller's bug) is raised at once. Raises :class:`ScoringFailed` when every try failed.
+    """
     from ray import serve
 
     handle = serve.get_deployment_handle(deployment_name, app_name=app_name)
-    return record_reward_latency(lambda images, texts: handle.score.remote(images, texts).result())
+
+    def score(images: list[np.ndarray], texts: list[str]) -> list[float]:
+        errors = []
+        for attempt in range(retries + 1):
+            if attempt:
+                time.sleep(min(2.0 ** (attempt - 1), timeout_s))
+            response = handle.score.remote(images, texts)
+            try:
+                return response.result(timeout_s=timeout_s)
+            except ValueError:
+                raise
+            except (TimeoutError, RayError) as err:
+                response.cancel()
+                last_line = (str(err).strip().splitlines() or [""])[-1]
+                errors.append(f"try {attempt + 1}: {type(err).__name__}: {last_line}")
+                logger.warning("reward call for %d samples failed (%s)", len(texts), errors[-1])
+        raise ScoringFailed(f"{app_name}/{deployment_name}: {len(errors)} tries failed: {'; '.join(errors)}")
+
+    return record_reward_latency(score)
 
 
 class RolloutWorker:
@@ -69,24 +113,38 @@ class RolloutWorker:
         """SHA-256 of this replica's weights (to check weight sync)."""
         return state_dict_hash(self.model.state_dict())
 
+    def restarted(self) -> bool:
+        """Whether Ray restarted this actor after it died (False for a plain object)."""
+        return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed
+
     @torch.no_grad()
-    def generate(self, records: list[dict[str, Any]], samples_per_prompt: int, step: int) -> Rollout:
+    def generate(self, records: list[dict[str, Any]], samples_per_prompt: int, step: int,
+                 weights: tuple[int, list[ObjectRef]] | None = None) -> Rollout:
         """Sample ``samples_per_prompt`` responses per record and score them.
 
-        ``records``: dicts with ``id``, ``image`` (encoded bytes) and ``prompt``. Sampling is
-        seeded by (worker seed, ``step``) so a re-run of a step draws the same samples.
-        Rows whose score is not finite keep ``scores`` NaN (the learner masks them).
+        ``records``: dicts with ``id``, ``image`` (encoded bytes) and ``prompt``. ``weights``:
+        (policy version, [ref to its state dict]) to sample with, loaded first unless this
+        replica holds that version already (a restarted worker does not); None keeps the
+        current weights. Sampling is seeded by (worker seed, ``step``) so a re-run of a step
+        draws the same samples. Rows whose score is not finite, or could not be scored at all
+        (:class:`ScoringFailed`), keep ``scores`` NaN (the learner masks them).
 
         Raises:
             mmrlhf.data.media.ImageDecodeError: a prompt image is unreadable (names the record).
         """
+        if weights is not None and weights[0] != self.policy_version:
+            self.load_weights(weights[0], ray.get(weights[1][0]))
         rows = [r for r in records for _ in range(samples_per_prompt)]
         images = [decode_image(r["image"], r["id"], self.max_image_pixels) for r in rows]
         batch = encode_prompts(self.processor, images, [r["prompt"] for r in rows])
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         out = generate(self.model, self.processor, batch, self.max_new_tokens,
                        temperature=self.temperature, generator=generator)
-        scores = torch.tensor(self.score(images, out.texts), dtype=torch.float32)
+        try:
+            scores = torch.tensor(self.score(images, out.texts), dtype=torch.float32)
+        except ScoringFailed as err:
+            logger.warning("step %d: %d samples left unscored: %s", step, len(rows), err)
+            scores = torch.full((len(rows),), float("nan"))
         scores[~torch.isfinite(scores)] = float("nan")
         return Rollout(
             prompt_ids=[r["id"] for r in rows],
@@ -102,26 +160,48 @@ class RolloutWorker:
 class RolloutGroup:
     """N ``RolloutWorker`` Ray actors; ``generate`` splits the prompts across them.
 
+    Each actor is restarted up to ``MAX_RESTARTS`` times and its ``generate`` task retried as
+    often (see the module docstring for why that is safe).
+
     Args:
         num_workers: N.
         worker_kwargs: keyword arguments of :class:`RolloutWorker` (``seed`` is offset per worker).
         actor_options: Ray options per actor (``num_cpus``, ``num_gpus``, ``resources``).
         pad_token_id: used to re-pad rollouts when joining them.
+        transport: where weight sync publishes the policy; each ``generate`` call carries its
+            latest version, so a restarted worker loads it first. None: workers keep theirs.
     """
 
     def __init__(self, num_workers: int, worker_kwargs: dict[str, Any], actor_options: dict[str, Any],
-                 pad_token_id: int) -> None:
-        actor = ray.remote(RolloutWorker).options(max_restarts=3, max_task_retries=0, **actor_options)
+                 pad_token_id: int, transport: WeightTransport | None = None) -> None:
+        actor = ray.remote(RolloutWorker).options(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS,
+                                                  **actor_options)
         base_seed = worker_kwargs["seed"]
         self.workers = [actor.remote(**{**worker_kwargs, "seed": base_seed + 7919 * i}) for i in range(num_workers)]
         self.pad_token_id = pad_token_id
+        self.transport = transport
+
+    def submit(self, records: list[dict[str, Any]], samples_per_prompt: int, step: int) -> list[ObjectRef]:
+        """Start generating for ``records`` (split in worker order); :meth:`collect` joins the parts."""
+        weights = None
+        if self.transport is not None:
+            try:
+                version, ref = self.transport.latest()
+            except LookupError:  # nothing published yet: every worker holds its starting weights
+                pass
+            else:
+                weights = (version, [ref])  # in a list, so Ray passes the ref instead of fetching it
+        chunks = [c.tolist() for c in np.array_split(np.arange(len(records)), len(self.workers)) if len(c)]
+        return [w.generate.remote([records[i] for i in c], samples_per_prompt, step, weights)
+                for w, c in zip(self.workers, chunks)]
+
+    def collect(self, refs: list[ObjectRef]) -> Rollout:
+        """The rollout of a :meth:`submit` call, parts joined in worker order."""
+        return Rollout.concat(ray.get(refs), self.pad_token_id)
 
     def generate(self, records: list[dict[str, Any]], samples_per_prompt: int, step: int) -> Rollout:
         """Scored rollout for ``records`` (``len(records) * samples_per_prompt`` rows, prompt order kept)."""
-        chunks = [c.tolist() for c in np.array_split(np.arange(len(records)), len(self.workers)) if len(c)]
-        refs = [w.generate.remote([records[i] for i in c], samples_per_prompt, step)
-                for w, c in zip(self.workers, chunks)]
-        return Rollout.concat(ray.get(refs), self.pad_token_id)
+        return self.collect(self.submit(records, samples_per_prompt, step))
 
     def weights_hashes(self) -> list[str]:
         """Each worker's weight hash, in worker order."""

@@ -31,6 +31,8 @@ class RunPaths:
         self.reward_model = self.root / "reward" / "model"
         self.rl_policy = self.root / "rl" / "policy"
         self.rl_metrics = self.root / "rl" / "metrics.jsonl"
+        self.rl_consumed = self.root / "rl" / "consumed.jsonl"  # (step, prompt, sample) of each row
+        self.rl_checkpoints = self.root / "rl" / "checkpoints"
 
     def split(self, name: str) -> Path:
         """The Parquet file of one data split (``sft``, ``feedback``, ``val``, ``test``)."""

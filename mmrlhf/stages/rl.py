@@ -1,14 +1,16 @@
 """Stage 5, rl: PPO with rollout workers, a Serve reward deployment and a DeepSpeed learner group.
 
 Sets up the distributed parts from the config (resources included), runs
-:func:`mmrlhf.controller.train_loop`, saves the final policy to ``<run_dir>/rl/policy`` and
-tears everything down, also on failure. ``ray.init()`` joins ``RAY_ADDRESS`` when set (a
-submitted job), else starts a local cluster big enough for the configured actors.
+:func:`mmrlhf.controller.train_loop`, checkpoints it (:mod:`mmrlhf.checkpoint`), saves the final
+policy to ``<run_dir>/rl/policy`` and tears everything down, also on failure. ``ray.init()``
+joins ``RAY_ADDRESS`` when set (a submitted job), else starts a local cluster big enough for the
+configured actors; a driver already connected to Ray keeps its cluster.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ import ray
 from ray import serve
 
 from mmrlhf.algorithms.kl import AdaptiveKLController, FixedKLController
+from mmrlhf.checkpoint import CheckpointDir, read_state, restore_run, save_run, truncate_log
 from mmrlhf.cluster import init_ray, shutdown_ray
 from mmrlhf.config import RunConfig
 from mmrlhf.controller import train_loop
@@ -30,7 +33,7 @@ from mmrlhf.rollout.prompts import PromptSource
 from mmrlhf.rollout.worker import RolloutGroup, serve_scorer
 from mmrlhf.stages.common import RunPaths, atomic_dir, policy_path
 from mmrlhf.stages.data import load_split, prepare_data
-from mmrlhf.sync import WeightSync, load_state_dict_strict
+from mmrlhf.sync import ObjectStoreTransport, WeightSync, load_state_dict_strict
 
 REWARD_APP = "reward"
 
@@ -55,7 +58,9 @@ def start_reward_deployment(cfg: RunConfig) -> None:
     app = build_reward_app(RunPaths(cfg.run_dir).reward_model, max_batch_size=rc.max_batch_size,
                            replicas=replicas if rc.max_replicas > rc.min_replicas else rc.min_replicas,
                            ray_actor_options=_actor_options(res.reward_cpus, res.reward_gpus, res.reward_resource),
-                           batch_wait_timeout_s=rc.batch_wait_timeout_s)
+                           batch_wait_timeout_s=rc.batch_wait_timeout_s,
+                           health_check_period_s=rc.health_check_period_s,
+                           health_check_timeout_s=rc.health_check_timeout_s)
     deploy_reward(app, name=REWARD_APP, route_prefix="/reward" if rc.http else None, http_port=rc.http_port)
 
 
@@ -101,17 +106,19 @@ def rl_system(cfg: RunConfig) -> Iterator[RLSystem]:
     rollout_group = learner_group = None
     try:
         start_reward_deployment(cfg)
+        transport = ObjectStoreTransport()
+        timeout_s, retries = cfg.reward.score_timeout_s, cfg.reward.score_retries
         rollout_group = RolloutGroup(
             rl.rollout_workers,
-            dict(policy_path=sft, scorer_factory=lambda: serve_scorer(REWARD_APP), seed=cfg.seed,
-                 temperature=rl.temperature, max_new_tokens=rl.max_new_tokens,
+            dict(policy_path=sft, scorer_factory=lambda: serve_scorer(REWARD_APP, timeout_s=timeout_s, retries=retries),
+                 seed=cfg.seed, temperature=rl.temperature, max_new_tokens=rl.max_new_tokens,
                  max_image_pixels=cfg.data.max_image_pixels),
             _actor_options(res.rollout_cpus, res.rollout_gpus, res.rollout_resource),
-            load_policy(sft)[1].tokenizer.pad_token_id)
+            load_policy(sft)[1].tokenizer.pad_token_id, transport)
         learner_group = PPOLearnerGroup(rl, sft, res.learner_cpus, res.learner_gpus,
                                         {res.learner_resource: 1} if res.learner_resource else None, cfg.seed)
         yield RLSystem(
-            rollout_group, learner_group, WeightSync(rollout_group.workers),
+            rollout_group, learner_group, WeightSync(rollout_group.workers, transport),
             PromptSource(pool, rl.prompts_per_step, cfg.seed),
             AdaptiveKLController(rl.kl_coef, rl.kl_target, 10_000) if rl.kl_target else FixedKLController(rl.kl_coef),
             dict(zip(pool.column("id").to_pylist(), pool.column("reference").to_pylist())),
@@ -124,28 +131,50 @@ def rl_system(cfg: RunConfig) -> Iterator[RLSystem]:
         serve.delete(REWARD_APP)
 
 
-def run_rl(cfg: RunConfig) -> list[dict[str, float]]:
-    """Run the RL stage; returns the per-step metrics (also in ``<run_dir>/rl/metrics.jsonl``).
+def run_rl(cfg: RunConfig, resume: bool = False) -> list[dict[str, float]]:
+    """Run the RL stage; returns the metrics of the steps it ran (also in ``<run_dir>/rl/metrics.jsonl``).
 
-    ``ray.init()`` joins ``RAY_ADDRESS`` when set, else starts (and afterwards stops) a local
-    cluster sized for the configured actors; a connection that is already open is used and left
-    open. Each step is also reported by :class:`mmrlhf.metrics.RLMetricsLogger`.
+    Checkpoints every ``rl.checkpoint_every`` steps and after the last one; ``resume`` continues
+    from the newest complete checkpoint, and the logs (``metrics.jsonl``, ``consumed.jsonl``)
+    drop the lines of steps that run again. Each step is also reported by
+    :class:`mmrlhf.metrics.RLMetricsLogger`. A Ray connection that is already open (``mmrlhf
+    train`` in a submitted job) is used and left open; otherwise ``ray.init()`` joins
+    ``RAY_ADDRESS`` when set, else starts (and afterwards stops) a local cluster sized for the
+    configured actors.
 
     Raises:
-        FileNotFoundError: no SFT policy or no reward model yet.
+        FileNotFoundError: no SFT policy or no reward model yet; ``resume`` without a checkpoint.
+        FileExistsError: checkpoints of an earlier run exist and ``resume`` is off.
+        ValueError: ``resume`` with a config that changes the run (names the settings).
+        mmrlhf.learner.group.LearnerRankDied: a learner rank died (names it).
         RuntimeError: the learner group could not be placed or a rank failed (names the cause).
     """
     paths = RunPaths(cfg.run_dir)
+    checkpoints = CheckpointDir(paths.rl_checkpoints, keep=cfg.rl.keep_checkpoints)
+    start = checkpoints.latest()
+    if resume and start is None:
+        raise FileNotFoundError(f"--resume: no complete checkpoint in {paths.rl_checkpoints}")
+    if not resume and start is not None:
+        raise FileExistsError(f"{paths.rl_checkpoints} holds an earlier run's checkpoints: pass --resume to "
+                              "continue it, or delete the folder to start over")
+    state = read_state(start, cfg) if resume else None
     history: list[dict[str, float]] = []
     paths.rl_metrics.parent.mkdir(parents=True, exist_ok=True)
-    paths.rl_metrics.unlink(missing_ok=True)
+    for log in (paths.rl_metrics, paths.rl_consumed):
+        truncate_log(log, state["step"] if state else 0)
+    owned = not ray.is_initialized()
     local = not os.environ.get("RAY_ADDRESS")
-    joined = ray.is_initialized()  # `mmrlhf train` in a submitted job stays connected across stages
-    if not joined:
+    if owned:
         init_ray(num_cpus=_local_cpus(cfg) if local else None, include_dashboard=False if local else None)
-    logger = RLMetricsLogger(cfg.run_dir, cfg.rl.steps)  # JSONL, TensorBoard, Ray metrics, progress bar, plot
+    logger = RLMetricsLogger(cfg.run_dir, cfg.rl.steps, state["step"] if state else 0)  # JSONL, TensorBoard, Ray metrics, plot
     try:
         with rl_system(cfg) as system:
+            start_step = 0
+            if state:
+                start_step = restore_run(start, state, system.learner_group, system.prompts,
+                                         system.kl_controller, system.weight_sync)
+                print(f"rl: resumed from {start} (step {start_step})", flush=True)
+
             def on_step(step: int, metrics: dict[str, float], rollout) -> None:
                 golds = [gold_score(t, system.references[p]) for t, p in zip(rollout.texts, rollout.prompt_ids)
                          if system.references.get(p)]
@@ -154,12 +183,18 @@ def run_rl(cfg: RunConfig) -> list[dict[str, float]]:
                 metrics["step"] = step
                 history.append(metrics)
                 logger.log(step, metrics)
+                with paths.rl_consumed.open("a") as f:
+                    f.write(json.dumps({"step": step, "prompt_ids": rollout.prompt_ids,
+                                        "sample_index": rollout.sample_index}) + "\n")
+
+            def checkpoint(steps_done: int) -> None:
+                save_run(checkpoints, steps_done, cfg, system.learner_group, system.prompts, system.kl_controller)
 
             train_loop(cfg.rl, system.prompts, system.rollout_group, system.learner_group, system.weight_sync,
-                       system.kl_controller, on_step)
+                       system.kl_controller, on_step, start_step, checkpoint)
             save_policy(system.learner_group, system.policy_path, paths.rl_policy)
     finally:
         logger.close()
-        if not joined:
+        if owned:
             shutdown_ray(shutdown_serve=local)
     return history

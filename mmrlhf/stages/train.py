@@ -33,13 +33,15 @@ def format_table(before: dict[str, float], after: dict[str, float], split: str) 
     return "\n".join(lines)
 
 
-def run_train(cfg: RunConfig) -> tuple[dict[str, float], dict[str, float]]:
+def run_train(cfg: RunConfig, resume: bool = False) -> tuple[dict[str, float], dict[str, float]]:
     """Run every stage whose output is missing, then evaluate SFT and RLHF; returns both metrics.
 
+    ``resume``: an unfinished RL stage continues from its newest checkpoint when it has one.
     Stage times go to `<run_dir>/stages.jsonl`, TensorBoard and the Ray gauge
     `mmrlhf_stage_seconds` (:class:`mmrlhf.metrics.StageTimer`). In a submitted job the driver
     stays connected to the job's cluster throughout (:func:`mmrlhf.cluster.submitted_job_connection`).
     """
+    from mmrlhf.checkpoint import CheckpointDir
     from mmrlhf.stages.data import prepare_data
     from mmrlhf.stages.eval import run_eval
     from mmrlhf.stages.feedback import run_feedback_simulation
@@ -55,7 +57,8 @@ def run_train(cfg: RunConfig) -> tuple[dict[str, float], dict[str, float]]:
         ("sft", paths.sft_policy.exists, lambda: run_sft(cfg)),
         ("feedback", paths.pairs.exists, lambda: run_feedback_simulation(cfg)),
         ("reward", paths.reward_model.exists, lambda: run_reward_training(cfg)),
-        ("rl", paths.rl_policy.exists, lambda: run_rl(cfg)),
+        ("rl", paths.rl_policy.exists,
+         lambda: run_rl(cfg, resume=resume and CheckpointDir(paths.rl_checkpoints).latest() is not None)),
     ]
     with submitted_job_connection(), contextlib.closing(StageTimer(paths.root)) as timed:
         for name, done, run in stages:

@@ -36,6 +36,7 @@ def test_jsonl_manifest_keeps_good_records_and_reports_broken_images(tmp_path, i
         {"id": "zero", "image": "img/empty.png", "prompt": "?"},
         {"id": "lost", "image": "img/missing.png", "prompt": "?"},
         {"id": "web", "image": "https://example.com/x.png", "prompt": "?"},
+        {"id": "tag", "image": "img/good.png", "prompt": "What does <image> mean in HTML?"},
         {"id": "rel", "image": "img/good.png", "prompt": "Same id again?"},
     ])
     table, report = read_manifest(manifest, split="val")
@@ -44,10 +45,11 @@ def test_jsonl_manifest_keeps_good_records_and_reports_broken_images(tmp_path, i
     assert table["reference"].to_pylist() == ["gray", None]
     assert set(table["split"].to_pylist()) == {"val"}
     np.testing.assert_array_equal(decode_image(table["image"][0].as_py(), "rel"), GRAY)
-    assert report.n_read == 7 and report.n_skipped == 5
+    assert report.n_read == 8 and report.n_skipped == 6
     assert report.skipped[-1] == ("rel", "duplicate id; the first record with it was kept")
     reasons = dict(report.skipped[:-1])
-    assert list(reasons) == ["bad", "zero", "lost", "web"]
+    assert list(reasons) == ["bad", "zero", "lost", "web", "tag"]
+    assert "1 literal <image>" in reasons["tag"]
     assert "not a recognised image format" in reasons["bad"]
     assert "empty" in reasons["zero"]
     assert "missing.png not found" in reasons["lost"]

@@ -1,43 +1,26 @@
 """The distributed RL loop on a real local Ray cluster: Serve reward, rollout workers, DeepSpeed.
 
 `tiny` presets (jobs/tiny.yaml). The run directory (data, SFT policy, preference pairs, reward
-model) is built once per module by the real stages.
+model) is built once per session by the real stages (`tiny_run` in conftest.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import ray
 import torch
 from ray import serve
 
-from mmrlhf.config import load_config
 from mmrlhf.controller import train_loop
 from mmrlhf.learner.ppo import PPOLearnerGroup
 from mmrlhf.models.policy import load_policy
 from mmrlhf.reward.scorer import RewardScorer
 from mmrlhf.stages.common import RunPaths, policy_path
-from mmrlhf.stages.data import decode_images, load_split, prepare_data
-from mmrlhf.stages.feedback import run_feedback_simulation
-from mmrlhf.stages.reward_train import run_reward_training
+from mmrlhf.stages.data import decode_images, load_split
 from mmrlhf.stages.rl import REWARD_APP, rl_system
-from mmrlhf.stages.sft import run_sft
 from mmrlhf.sync import state_dict_hash
-
-TINY = Path(__file__).resolve().parents[2] / "jobs" / "tiny.yaml"
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    cfg = load_config(TINY, [f"run_dir={tmp_path_factory.mktemp('tiny')}"])
-    prepare_data(cfg)
-    run_sft(cfg)
-    run_feedback_simulation(cfg)
-    run_reward_training(cfg)
-    return cfg
 
 
 def test_two_rl_steps_sync_versions_and_weights_with_serve_rewards(ray_cluster, tiny_run):

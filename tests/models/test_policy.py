@@ -1,5 +1,7 @@
 """Policy: preset round trip, padded-batch generation, and log-prob consistency (tiny preset)."""
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -37,6 +39,34 @@ def _force_eos(model, eos_id, row_bias):
         return output
 
     return model.get_output_embeddings().register_forward_hook(hook)
+
+
+class _Trap:
+    """Unpickling this writes `path`; a test asserts the file never appears."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_pickled_weights_are_refused_only_safetensors_load(tiny_dir, tmp_path):
+    model, processor = load_policy(tiny_dir)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    sentinel = tmp_path / "unpickled"
+    (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps(_Trap(sentinel)))
+    with pytest.raises(OSError, match="safetensors"):
+        load_policy(tmp_path)
+    assert not sentinel.exists()
+
+
+def test_literal_image_placeholder_in_prompt_is_refused(tiny):
+    _, processor = tiny
+    with pytest.raises(ValueError, match="prompt 1: holds a literal '<image>'"):
+        encode_prompts(processor, _images(2), ["What is it?", "What does <image> mean in HTML?"])
 
 
 def test_policy_save_load_round_trip(tiny_dir, tmp_path):

@@ -74,6 +74,15 @@ def test_scorer_is_deterministic_and_texts_change_scores(tiny_dir):
     assert len(set(scorer.score(same_image, TEXTS).tolist())) == 3
 
 
+def test_texts_of_different_lengths_score_in_one_batch_as_alone(tiny_dir):
+    scorer = RewardScorer.from_pretrained(tiny_dir)
+    images = _images(3)
+    texts = ["four", "four one seven two two nine eight", ""]  # padded to different lengths together
+    together = scorer.score(images, texts)
+    alone = np.concatenate([scorer.score([image], [text]) for image, text in zip(images, texts)])
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-5)
+
+
 def test_scorer_names_the_bad_image(tiny_dir):
     scorer = RewardScorer.from_pretrained(tiny_dir)
     with pytest.raises(ValueError, match="image 1: dtype is float64"):

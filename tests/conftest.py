@@ -59,3 +59,20 @@ def ray_cluster():
             else:
                 os.environ[key] = value
         assert not survivors, f"ray_cluster teardown: still alive after shutdown: {survivors}"
+
+
+class PickleTrap:
+    """Unpickling this object creates the file ``path``: proof that a loader ran pickle code."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.fixture
+def pickle_payload(tmp_path):
+    """``(sentinel, trap)``: a pickle holding ``trap`` creates ``sentinel`` when it is unpickled."""
+    sentinel = tmp_path / "unpickled"
+    return sentinel, PickleTrap(sentinel)

@@ -77,19 +77,11 @@ def test_truncate_log_keeps_the_steps_before_the_resume_point(tmp_path):
     assert not log.exists()
 
 
-class _Trap:
-    """Unpickling this writes `path`; the test asserts the file never appears."""
 
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
-def test_deepspeed_file_with_a_pickled_payload_is_refused(tmp_path):
-    sentinel, payload = tmp_path / "unpickled", tmp_path / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
-    payload.write_bytes(pickle.dumps({"optimizer_state_dict": _Trap(sentinel)}))
+def test_deepspeed_file_with_a_pickled_payload_is_refused(tmp_path, pickle_payload):
+    sentinel, trap = pickle_payload
+    payload = tmp_path / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    payload.write_bytes(pickle.dumps({"optimizer_state_dict": trap}))
     with pytest.raises(ValueError, match="optim_states.pt: refused"):
         SafeTorchCheckpointEngine().load(str(payload))
     assert not sentinel.exists()

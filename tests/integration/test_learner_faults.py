@@ -22,15 +22,6 @@ from mmrlhf.stages.data import load_split
 NONFINITE_ROWS = (1, 4)
 
 
-class _Trap:
-    """Unpickling this writes `path`; the test asserts the file never appears."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
 
 def _rollout_with_nonfinite_scores(cfg):
     """A real rollout (4 prompts x 2 samples, plain RolloutWorker) whose rows 1 and 4 scored NaN and inf."""
@@ -50,7 +41,8 @@ def _rollout_with_nonfinite_scores(cfg):
         torch.set_num_threads(threads)
 
 
-def test_nonfinite_rewards_are_masked_and_a_killed_rank_stops_the_run_resumably(ray_cluster, tiny_run, tmp_path):
+def test_nonfinite_rewards_are_masked_and_a_killed_rank_stops_the_run_resumably(ray_cluster, tiny_run, tmp_path,
+                                                                             pickle_payload):
     cfg = tiny_run
     rollout = _rollout_with_nonfinite_scores(cfg)
     assert torch.isnan(rollout.scores[list(NONFINITE_ROWS)]).all()
@@ -77,9 +69,9 @@ def test_nonfinite_rewards_are_masked_and_a_killed_rank_stops_the_run_resumably(
     fresh = PPOLearnerGroup(rl, sft, cpus_per_rank=0.5, seed=cfg.seed)
     try:
         assert fresh.load_checkpoint(folder) == saved
-        sentinel = tmp_path / "unpickled"
+        sentinel, trap = pickle_payload
         for optim in (folder / "deepspeed").glob("*optim_states.pt"):  # a crafted checkpoint
-            optim.write_bytes(pickle.dumps({"optimizer_state_dict": _Trap(sentinel)}))
+            optim.write_bytes(pickle.dumps({"optimizer_state_dict": trap}))
         with pytest.raises(ValueError, match="optim_states.pt: refused"):
             fresh.load_checkpoint(folder)
         assert not sentinel.exists()

@@ -41,23 +41,14 @@ def _force_eos(model, eos_id, row_bias):
     return model.get_output_embeddings().register_forward_hook(hook)
 
 
-class _Trap:
-    """Unpickling this writes `path`; a test asserts the file never appears."""
 
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
-def test_pickled_weights_are_refused_only_safetensors_load(tiny_dir, tmp_path):
+def test_pickled_weights_are_refused_only_safetensors_load(tiny_dir, tmp_path, pickle_payload):
     model, processor = load_policy(tiny_dir)
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").unlink()
-    sentinel = tmp_path / "unpickled"
-    (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps(_Trap(sentinel)))
+    sentinel, trap = pickle_payload
+    (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps(trap))
     with pytest.raises(OSError, match="safetensors"):
         load_policy(tmp_path)
     assert not sentinel.exists()

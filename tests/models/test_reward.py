@@ -28,15 +28,6 @@ def _randomize_head(model, seed):
             p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)))
 
 
-class _Trap:
-    """Unpickling this writes `path`; a test asserts the file never appears."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
 
 def test_reward_forward_returns_one_score_per_pair(tiny_dir):
     model = RewardModel.from_pretrained(tiny_dir)
@@ -109,11 +100,11 @@ def test_scorer_load_weights_rejects_another_architecture(tiny_dir, tmp_path):
         scorer.load_weights(tmp_path)
 
 
-def test_pickle_in_the_directory_is_never_loaded(tiny_dir, tmp_path, monkeypatch):
+def test_pickle_in_the_directory_is_never_loaded(tiny_dir, tmp_path, monkeypatch, pickle_payload):
     RewardModel.from_pretrained(tiny_dir).save_pretrained(tmp_path)
-    sentinel = tmp_path / "unpickled"
+    sentinel, trap = pickle_payload
     for name in ("model.pt", "pytorch_model.bin", "open_clip_model.pth"):
-        (tmp_path / name).write_bytes(pickle.dumps(_Trap(sentinel)))
+        (tmp_path / name).write_bytes(pickle.dumps(trap))
 
     def no_torch_load(*args, **kwargs):
         raise AssertionError("torch.load was called")

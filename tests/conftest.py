@@ -9,6 +9,7 @@ nothing is written to the home directory, and it restores the environment afterw
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 
@@ -76,3 +77,14 @@ def pickle_payload(tmp_path):
     """``(sentinel, trap)``: a pickle holding ``trap`` creates ``sentinel`` when it is unpickled."""
     sentinel = tmp_path / "unpickled"
     return sentinel, PickleTrap(sentinel)
+
+
+def pytest_unconfigure(config):
+    """Leave the objects of the finished session out of the interpreter's final garbage collection.
+
+    Measured here: after the whole suite (Ray, Serve handles, DeepSpeed in one process) the
+    collection that runs at interpreter exit spun for minutes after every test had passed and
+    every Ray process had exited; with ``gc.freeze()`` the process exits in seconds. The
+    process's memory goes back to the OS either way.
+    """
+    gc.freeze()

@@ -23,13 +23,13 @@ as arguments.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 from mmrlhf.config import RunConfig, to_dict
+from mmrlhf.stages.common import write_text_atomic
 
 LATEST = "latest"
 STATE_FILE = "state.json"
@@ -87,9 +87,7 @@ class CheckpointDir:
         if final.exists():  # left by a run that died after this step and was resumed from before it
             shutil.rmtree(final)
         partial.rename(final)
-        tmp = self.root / f".{LATEST}.tmp"
-        tmp.write_text(final.name)
-        os.replace(tmp, self.root / LATEST)  # the commit point
+        write_text_atomic(self.root / LATEST, final.name)  # the commit point
         self._prune(final)
         return final
 
@@ -191,6 +189,4 @@ def truncate_log(path: Path, steps: int) -> None:
         path.unlink()
         return
     kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] < steps]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))

@@ -68,13 +68,18 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         tmp.rename(final)
 
 
-def write_json(path: Path, obj: dict) -> None:
-    """Write ``obj`` as JSON atomically (temp file in the same folder, then ``os.replace``)."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temp file in the same folder, then ``os.replace``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Write ``obj`` as JSON atomically (:func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def seed_everything(seed: int) -> torch.Generator:

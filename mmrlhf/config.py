@@ -56,7 +56,7 @@ class DataConfig:
     canvas: int = 64
     min_digits: int = 3
     max_digits: int = 5
-    n_sft: int = 300
+    n_sft: int = 900
     n_feedback: int = 2000
     n_val: int = 300
     n_test: int = 500
@@ -103,7 +103,7 @@ class SFTConfig:
     ``vision_warmup_epochs`` of bag-of-words pretraining of the vision tower come first (0 skips)."""
 
     vision_warmup_epochs: int = 10
-    epochs: int = 40
+    epochs: int = 20
     batch_size: int = 16
     lr: float = 1e-3
     warmup_ratio: float = 0.05
@@ -126,7 +126,7 @@ class FeedbackConfig:
     annotator always prefers the higher gold score (ties are dropped).
     """
 
-    n_prompts: int = 600
+    n_prompts: int = 2000
     samples_per_prompt: int = 4
     sample_temperature: float = 1.0
     bt_temperature: float = 0.05
@@ -157,13 +157,13 @@ class RewardConfig:
     before it drops the samples (counted, never scored).
     """
 
-    clip_epochs: int = 10
+    clip_epochs: int = 40
     clip_lr: float = 5e-4
     hard_negatives: int = 4
     clip_shift_px: int = 4
     epochs: int = 10
     batch_size: int = 64
-    lr: float = 5e-4
+    lr: float = 5e-5
     val_fraction: float = 0.2
     max_batch_size: int = 32
     batch_wait_timeout_s: float = 0.01
@@ -197,12 +197,17 @@ class RLConfig:
     ``rollout_workers`` workers; ``ppo_epochs`` passes over minibatches of ``minibatch_size``
     on a ``learner_ranks``-rank DeepSpeed ZeRO-``zero_stage`` learner group.
 
+    ``freeze_vision_tower`` keeps the policy's vision tower fixed at its SFT weights (the
+    projector, LM and value head train), as LLaVA-RLHF (Sun et al. 2023) does.
+    ``score_normalization`` of the reward-model scores before PPO: ``"group"`` subtracts the
+    mean of the prompt's samples and divides by their std (GRPO's group baseline, Shao et al.
+    2024), ``"batch"`` whitens over the step's samples, ``"none"`` keeps the raw scores.
     A checkpoint is written every ``checkpoint_every`` steps (0: only after the last step) and
     the newest ``keep_checkpoints`` are kept (see :mod:`mmrlhf.checkpoint`).
     """
 
     algorithm: str = "ppo"
-    steps: int = 20
+    steps: int = 40
     prompts_per_step: int = 32
     samples_per_prompt: int = 4
     rollout_workers: int = 2
@@ -210,10 +215,10 @@ class RLConfig:
     zero_stage: int = 2
     ppo_epochs: int = 2
     minibatch_size: int = 64
-    lr: float = 2e-4
+    lr: float = 1e-4
     clip_eps: float = 0.2
     value_clip_eps: float = 0.2
-    vf_coef: float = 0.5
+    vf_coef: float = 0.1
     ent_coef: float = 0.0
     kl_coef: float = 0.02
     kl_estimator: str = "k3"
@@ -224,6 +229,8 @@ class RLConfig:
     max_new_tokens: int = 8
     grad_clip: float = 1.0
     max_policy_lag: int = 0
+    freeze_vision_tower: bool = True
+    score_normalization: str = "group"
     checkpoint_every: int = 5
     keep_checkpoints: int = 2
 
@@ -231,6 +238,7 @@ class RLConfig:
         _choice("rl.algorithm", self.algorithm, ("ppo",))
         _choice("rl.zero_stage", self.zero_stage, (0, 1, 2, 3))
         _choice("rl.kl_estimator", self.kl_estimator, ("k1", "k2", "k3"))
+        _choice("rl.score_normalization", self.score_normalization, ("none", "batch", "group"))
         for name in ("steps", "prompts_per_step", "rollout_workers", "learner_ranks", "ppo_epochs",
                      "minibatch_size", "lr", "temperature", "max_new_tokens"):
             _positive(f"rl.{name}", getattr(self, name))

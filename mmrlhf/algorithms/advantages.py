@@ -71,8 +71,14 @@ def group_normalized_scores(scores: Tensor, group_ids: Tensor, eps: float = 1e-6
 
     scores: (B,) sequence scores. group_ids: (B,) integer id of each response's group (e.g. the
     prompt it answers). std is unbiased (Bessel). Returns (B,). A group whose scores are all
-    equal, including a group of one, gives exactly 0 (no NaN).
+    equal, including a group of one, gives exactly 0 (no NaN). A NaN score (an unscored
+    sample) stays NaN and is left out of its group's statistics.
     """
+    scored = ~torch.isnan(scores)
+    if not scored.all():
+        out = scores.clone()
+        out[scored] = group_normalized_scores(scores[scored], group_ids[scored], eps)
+        return out
     groups, inverse = torch.unique(group_ids, return_inverse=True)  # (G,), (B,) in 0..G-1
     zeros = scores.new_zeros(groups.numel())
     counts = zeros.index_add(0, inverse, torch.ones_like(scores))

@@ -50,7 +50,7 @@ class DigitsSpec:
     max_gap: int = 3
     max_jitter: int = 4
     noise_std: float = 8.0
-    n_sft: int = 300
+    n_sft: int = 900
     n_feedback: int = 2000
     n_val: int = 300
     n_test: int = 500

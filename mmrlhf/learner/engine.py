@@ -111,7 +111,8 @@ def init_engine(
 ) -> DeepSpeedEngine:
     """Wrap `model` in a DeepSpeed engine (`deepspeed.initialize`) on this rank.
 
-    model: the full model, same initial weights on every rank. cfg_dict: from `deepspeed_config`
+    model: the full model, same initial weights on every rank; parameters with
+    ``requires_grad=False`` stay frozen (the built optimizer leaves them out). cfg_dict: from `deepspeed_config`
     (not modified). optimizer: None builds `torch.optim.AdamW` from cfg_dict["optimizer"]; a
     given optimizer requires a config without that section.
     Needs torch.distributed set up (`deepspeed.init_distributed`); collective over all ranks.
@@ -132,7 +133,7 @@ def init_engine(
             )
         params = section.get("params", {})
         optimizer = torch.optim.AdamW(
-            model.parameters(),
+            [p for p in model.parameters() if p.requires_grad],
             lr=params["lr"],
             weight_decay=params.get("weight_decay", 0.0),
             betas=tuple(params.get("betas", ADAMW_BETAS)),

@@ -1,9 +1,11 @@
 """PPO on one learner rank: experience from a scored rollout, then epochs of clipped updates.
 
 Follows PPO for language models as in Ziegler et al. 2019 / Ouyang et al. 2022: the sequence
-score lands on the last real response token, each token pays ``kl_coef * KL(π‖π_ref)``, GAE
-(Schulman et al. 2016) over the response, advantages whitened with statistics all-reduced over
-the ranks, clipped surrogate and clipped value loss (Schulman et al. 2017). The math is the
+scores are normalised (``rl.score_normalization``: within each prompt's samples, or over the
+step), the score lands on the last real response token, each token pays
+``kl_coef * KL(π‖π_ref)``, GAE (Schulman et al. 2016) over the response, advantages whitened
+with statistics all-reduced over the ranks, clipped surrogate and clipped value loss
+(Schulman et al. 2017). The math is the
 pure functions of ``mmrlhf.algorithms``; this module only feeds them and reduces across ranks.
 
 Sharding invariance: each minibatch loss is a masked *sum* divided by the global number of
@@ -15,12 +17,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from ray import ObjectRef
 from torch import Tensor
 
-from mmrlhf.algorithms import gae, kl_estimate, masked_mean, masked_whiten, ppo_loss, token_rewards
+from mmrlhf.algorithms import (gae, group_normalized_scores, kl_estimate, masked_mean, masked_whiten, ppo_loss,
+                               token_rewards)
 from mmrlhf.config import RLConfig
 from mmrlhf.learner.engine import deepspeed_config
 from mmrlhf.learner.group import LearnerGroup
@@ -32,23 +36,40 @@ from mmrlhf.types import Experience, Rollout
 POLICY_PREFIX = "policy."
 
 
-def actor_critic_factory(policy_path: str) -> Callable[[], ActorCritic]:
-    """A picklable factory of the actor-critic (policy + fresh value head) loaded from ``policy_path``."""
-    return _ActorCriticFactory(policy_path)
+def actor_critic_factory(policy_path: str, freeze_vision_tower: bool = False) -> Callable[[], ActorCritic]:
+    """A picklable factory of the actor-critic (policy + fresh value head) loaded from ``policy_path``.
+
+    ``freeze_vision_tower``: the policy's ``model.vision_tower`` gets ``requires_grad=False``.
+    """
+    return _ActorCriticFactory(policy_path, freeze_vision_tower)
 
 
 class _ActorCriticFactory:
-    def __init__(self, policy_path: str) -> None:
+    def __init__(self, policy_path: str, freeze_vision_tower: bool) -> None:
         self.policy_path = policy_path
+        self.freeze_vision_tower = freeze_vision_tower
 
     def __call__(self) -> ActorCritic:
-        return ActorCritic(load_policy(self.policy_path)[0])
+        policy = load_policy(self.policy_path)[0]
+        if self.freeze_vision_tower:
+            policy.model.vision_tower.requires_grad_(False)
+        return ActorCritic(policy)
 
 
 def _all_reduce_sum(*values: float | Tensor) -> list[float]:
     t = torch.tensor([float(v) for v in values], dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def _global_whiten(x: Tensor, mask: Tensor) -> Tensor:
+    """`masked_whiten` of ``x`` over ``mask`` (same shape) with the mean and unbiased variance
+    of the masked entries of every rank together (all-reduced), so the result does not depend
+    on how the batch is sharded."""
+    n, total, total_sq = _all_reduce_sum(mask.sum(), (x * mask).sum(), (x**2 * mask).sum())
+    mean = total / max(n, 1.0)
+    var = max(total_sq / max(n, 1.0) - mean**2, 0.0) * n / max(n - 1, 1.0)
+    return masked_whiten(x, mask, mean=torch.tensor(mean), var=torch.tensor(var))
 
 
 class PPOLearner(LearnerWorker):
@@ -79,11 +100,16 @@ class PPOLearner(LearnerWorker):
 
         ``shard``: ``input_ids``/``attention_mask`` (B, T), ``pixel_values`` (B, 3, H, W),
         ``response_ids``/``response_mask``/``logprobs`` (B, R), ``scores`` (B,) (NaN: unscored,
-        masked out). Stores the experience on the rank; returns metrics reduced over ranks.
+        masked out; already group-normalised by the group when ``rl.score_normalization`` is
+        "group"). Stores the experience on the rank; returns metrics reduced over ranks.
         """
         scored = torch.isfinite(shard["scores"])
         mask = shard["response_mask"].float() * scored[:, None]
-        scores = torch.where(scored, shard["scores"], torch.zeros_like(shard["scores"]))
+        raw_scores = torch.where(scored, shard["scores"], torch.zeros_like(shard["scores"]))
+        # ALGO: "batch" normalisation: the step's scored samples, over every rank, to mean 0 and
+        # variance 1, so values and the KL penalty are in units of the scores' spread.
+        batch_whiten = self.rl.score_normalization == "batch"
+        scores = _global_whiten(raw_scores, scored.float()) if batch_whiten else raw_scores
         self.engine.eval()
         old_logprobs, _, values = self._forward(shard)
         batch = PromptBatch(shard["input_ids"], shard["attention_mask"], shard["pixel_values"])
@@ -93,18 +119,14 @@ class PPOLearner(LearnerWorker):
         kl = kl_estimate(old_logprobs, ref_logprobs, self.rl.kl_estimator) * mask
         rewards = token_rewards(scores, kl, mask, kl_coef)
         advantages, returns = gae(rewards, values, mask, self.rl.gamma, self.rl.lam)
-        # ALGO: whiten advantages with the statistics of the whole batch, over every rank.
-        n, total, total_sq = _all_reduce_sum(mask.sum(), (advantages * mask).sum(), (advantages**2 * mask).sum())
-        mean = total / max(n, 1.0)
-        var = max(total_sq / max(n, 1.0) - mean**2, 0.0) * n / max(n - 1, 1.0)
         self.experience = Experience(
             input_ids=shard["input_ids"], attention_mask=shard["attention_mask"], pixel_values=shard["pixel_values"],
             response_ids=shard["response_ids"], response_mask=mask, old_logprobs=old_logprobs,
             ref_logprobs=ref_logprobs, values=values, rewards=rewards,
-            advantages=masked_whiten(advantages, mask, mean=torch.tensor(mean), var=torch.tensor(var)),
+            advantages=_global_whiten(advantages, mask),  # ALGO: whitened over the whole batch, every rank
             returns=returns).to_dict()
         sums = _all_reduce_sum(
-            (kl.sum(-1) * scored).sum(), scores.sum(), scored.sum(), mask.sum(),
+            (kl.sum(-1) * scored).sum(), raw_scores.sum(), scored.sum(), mask.sum(),
             ((shard["logprobs"] - old_logprobs).abs() * mask).sum(), len(scored))
         kl_sum, score_sum, n_scored, n_tokens, mismatch, n_rows = sums
         return {"rollout/kl": kl_sum / max(n_scored, 1.0), "rollout/score": score_sum / max(n_scored, 1.0),
@@ -129,7 +151,9 @@ class PPOLearner(LearnerWorker):
         """
         if not self.experience:
             raise RuntimeError("PPOLearner.update: call make_experience first")
-        self.engine.train()
+        # eval mode while training: no dropout, BatchNorm statistics frozen, so the learner's
+        # log-probs are those the rollout workers (eval mode) sampled with
+        self.engine.eval()
         n = len(self.experience["response_ids"])
         per_rank = max(1, self.rl.minibatch_size // self.world_size)
         history: list[dict[str, float]] = []
@@ -172,13 +196,23 @@ class PPOLearnerGroup(LearnerGroup):
                  resources: dict[str, float] | None = None, seed: int = 0) -> None:
         ds_config = deepspeed_config(rl.zero_stage, max(1, rl.minibatch_size // rl.learner_ranks), 1,
                                      rl.lr, 0.0, rl.grad_clip)
-        super().__init__(rl.learner_ranks, actor_critic_factory(policy_path), ds_config, cpus_per_rank,
-                         gpus_per_rank, resources, seed, worker_cls=PPOLearner,
+        super().__init__(rl.learner_ranks, actor_critic_factory(policy_path, rl.freeze_vision_tower), ds_config,
+                         cpus_per_rank, gpus_per_rank, resources, seed, worker_cls=PPOLearner,
                          worker_kwargs={"ref_policy_path": policy_path, "rl": rl})
+        self.rl = rl
 
     def make_experience(self, rollout: Rollout, kl_coef: float) -> dict[str, float]:
-        """Shard ``rollout`` by rank and build each rank's experience; returns reduced metrics."""
-        return self.run("make_experience", rollout.to_batch(), kl_coef=kl_coef)[0]
+        """Shard ``rollout`` by rank and build each rank's experience; returns reduced metrics.
+
+        With ``rl.score_normalization="group"`` the scores are normalised within each prompt's
+        samples here, before sharding splits a prompt's samples across ranks; ``rollout/score``
+        then reports the normalised mean (0 up to unscored samples).
+        """
+        batch = rollout.to_batch()
+        if self.rl.score_normalization == "group":
+            _, prompt_index = np.unique(np.asarray(rollout.prompt_ids), return_inverse=True)
+            batch["scores"] = group_normalized_scores(batch["scores"], torch.from_numpy(prompt_index))
+        return self.run("make_experience", batch, kl_coef=kl_coef)[0]
 
     def update(self) -> dict[str, float]:
         """PPO epochs over the stored experience on every rank; returns reduced metrics."""

@@ -1,10 +1,10 @@
 """Policy: a LLaVA-style vision-language model, with batched sampling and teacher-forced scoring.
 
 LLaVA (Liu et al. 2023): a vision tower, a projector and a causal LM; here transformers'
-`AutoModelForImageTextToText` (`LlavaForConditionalGeneration` for the presets and for
-`llava-hf/*` checkpoints). Other families work if their forward takes `input_ids`,
-`pixel_values`, `attention_mask`, `position_ids`, `cache` and they expose `.model` (the trunk)
-and output embeddings (the LM head).
+`AutoModelForImageTextToText` (`FastVlmForConditionalGeneration` with a ResNet tower for the
+presets, `LlavaForConditionalGeneration` for `llava-hf/*` checkpoints). Other families work
+if their forward takes `input_ids`, `pixel_values`, `attention_mask`, `position_ids`, `cache`
+and they expose `.model` (the trunk, with `.vision_tower`) and output embeddings (the LM head).
 
 Prompt format (`PROMPT_FORMAT`): "<image>\n{prompt}\n", then the response tokens, then eos.
 Prompts are left-padded; positions are counted over real tokens only, so a prompt's
@@ -130,9 +130,18 @@ def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def _tempered_logprobs(model, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(..., H) last-layer hidden -> (..., V) float32 log_softmax(lm_head(hidden) / temperature)."""
-    logits = model.get_output_embeddings()(hidden).float()
-    return F.log_softmax(logits / temperature, dim=-1)
+    """(..., H) last-layer hidden -> (..., V) float32 log_softmax(lm_head(hidden) / temperature).
+
+    The image placeholder token (``config.image_token_id``) gets probability 0 (log-prob: the
+    lowest finite float, so entropies stay finite): it stands for image features, and a sampled
+    one would make the next forward fail with "Image features and image tokens do not match".
+    """
+    logits = model.get_output_embeddings()(hidden).float() / temperature
+    image_token = getattr(model.config, "image_token_id", None)
+    if image_token is not None:
+        index = torch.tensor([image_token], device=logits.device)
+        logits = logits.index_fill(-1, index, torch.finfo(logits.dtype).min)
+    return F.log_softmax(logits, dim=-1)
 
 
 def _check_temperature(temperature: float) -> None:
@@ -197,7 +206,7 @@ def generate(model, processor, batch: PromptBatch, max_new_tokens: int, temperat
 def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """The image tokens the language model sees: vision tower + projector, ``(B, P, H)``.
 
-    ``pixel_values``: ``(B, 3, H_img, W_img)`` from the processor. Uses the LLaVA model's own
+    ``pixel_values``: ``(B, 3, H_img, W_img)`` from the processor. Uses the model's own
     ``get_image_features`` (transformers), so the feature layer and selection strategy of the
     checkpoint apply.
     """

@@ -1,8 +1,18 @@
 """Named model presets built from configs, and resolution of names to loadable folders.
 
-`tiny` (< 1M parameters, tests) and `small` (a few million, CPU demo) exist for the policy
-(LLaVA: CLIP vision tower + Llama LM, Liu et al. 2023) and for the reward model (open_clip CLIP
-+ head, `mmrlhf.models.reward`). Built folders load with the same `from_pretrained` code as real
+`tiny` (< 1M parameters, tests) and `small` (about a million, CPU demo) exist for the policy
+and for the reward model (open_clip CLIP + head, `mmrlhf.models.reward`).
+
+The policy is LLaVA-shaped (Liu et al. 2023: vision tower -> MLP projector -> causal LM) in
+transformers' FastVLM class (`FastVlmForConditionalGeneration`, Vasu et al. 2025), which takes
+a convolutional tower and feeds each cell of its last feature map to the LM as one image token.
+The tower is a ResNet (He et al. 2016, transformers `ResNetModel`) and the LM a Llama. The
+reward model's image tower is CLIP's ResNet variant (open_clip `ModifiedResNet`, Radford et al.
+2021). Both are convolutional because the towers are trained here from scratch on a few
+hundred labeled scans. Measured on this CPU, classifying single digits placed at random in the
+64 px canvas (held-out scans, batches of 32): a small ResNet reached 89% accuracy after 300
+steps, a small CLIP ViT (patch 16) 27% after 400; with ViT towers, SFT reached 0.2% exact
+match on the digits task. Built folders load with the same `from_pretrained` code as real
 checkpoints, so nothing downstream knows whether a model is a preset.
 """
 
@@ -15,14 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                          LlavaForConditionalGeneration, LlavaProcessor)
+from transformers import (CLIPImageProcessor, FastVlmConfig, FastVlmForConditionalGeneration, LlamaConfig,
+                          LlavaProcessor, ResNetConfig)
 
 from mmrlhf.models.reward import RewardModel, register_clip_config
 from mmrlhf.models.tokenizer import train_tokenizer
 
 IMAGE_SIZE = 64  # pixels, square; the digits task renders 64x64
-PATCH_SIZE = 16  # (64 / 16)^2 = 16 image tokens per prompt
 # Presets see pixels in [0, 1], so a black background is exactly 0. With CLIP's mean/std the
 # background becomes about -1.8 and swamps the digit strokes in every patch embedding: measured
 # here, a from-scratch vision tower then did not learn single digits in 300 steps, and did with this.
@@ -31,12 +40,14 @@ UNIT_PIXELS = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 
 @dataclass(frozen=True)
 class PolicyPreset:
-    """Sizes of a LLaVA policy: CLIP vision tower, then a Llama LM."""
+    """Sizes of a policy: ResNet vision tower (channels and blocks per stage), then a Llama LM.
 
-    vision_hidden: int
-    vision_layers: int
-    vision_heads: int
-    vision_intermediate: int
+    The tower's stride is 4 (stem) x 2 per stage after the first, so two stages give an 8 x 8
+    feature map of a 64 px image: 64 image tokens.
+    """
+
+    vision_widths: tuple[int, ...]
+    vision_depths: tuple[int, ...]
     text_hidden: int
     text_layers: int
     text_heads: int
@@ -46,11 +57,15 @@ class PolicyPreset:
 
 @dataclass(frozen=True)
 class RewardPreset:
-    """Sizes of a CLIP reward model (open_clip ViT + text transformer) and its head."""
+    """Sizes of a CLIP reward model (open_clip ModifiedResNet + text transformer) and its head.
+
+    vision_layers: residual blocks in each of the 4 stages; vision_width: channels of the stem
+    (the last stage has 32x as many); vision_head_width: channels per head of the attention pool.
+    """
 
     embed_dim: int
     vision_width: int
-    vision_layers: int
+    vision_layers: tuple[int, int, int, int]
     vision_head_width: int
     text_width: int  # the token table is 49,408 x text_width (open_clip's BPE), most of the parameters
     text_layers: int
@@ -62,7 +77,7 @@ class RewardPreset:
         """The open_clip model config (`embed_dim`, `vision_cfg`, `text_cfg`)."""
         return {
             "embed_dim": self.embed_dim,
-            "vision_cfg": {"image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE, "layers": self.vision_layers,
+            "vision_cfg": {"image_size": IMAGE_SIZE, "layers": list(self.vision_layers),
                            "width": self.vision_width, "head_width": self.vision_head_width},
             "text_cfg": {"context_length": self.context_length, "vocab_size": 49408, "width": self.text_width,
                          "heads": self.text_heads, "layers": self.text_layers},
@@ -70,13 +85,18 @@ class RewardPreset:
 
 
 POLICY_PRESETS = {
-    "tiny": PolicyPreset(32, 1, 2, 64, 64, 2, 2, 128),
-    "small": PolicyPreset(128, 3, 4, 256, 192, 2, 4, 384),
+    "tiny": PolicyPreset((16, 32), (1, 1), 64, 2, 2, 128),
+    "small": PolicyPreset((32, 64), (1, 1), 192, 2, 4, 512),
 }
 REWARD_PRESETS = {
-    "tiny": RewardPreset(32, 32, 1, 16, 16, 1, 2, 32),
-    "small": RewardPreset(64, 128, 2, 32, 64, 2, 2, 64, context_length=12),
+    "tiny": RewardPreset(32, 4, (1, 1, 1, 1), 16, 16, 1, 2, 32),
+    "small": RewardPreset(64, 16, (1, 1, 1, 1), 32, 64, 2, 2, 64, context_length=12),
 }
+
+
+def vision_stride(spec: PolicyPreset) -> int:
+    """Pixels per image token along each side: the ResNet stem's 4, doubled by each later stage."""
+    return 4 * 2 ** (len(spec.vision_widths) - 1)
 
 
 def _lookup(presets: dict, name: str, kind: str):
@@ -90,7 +110,7 @@ def build_policy_preset(name: str, out_dir: str | Path, seed: int = 0) -> Path:
 
     Saves model (config + safetensors), tokenizer (trained here, `mmrlhf.models.tokenizer`)
     and `LlavaProcessor` with `save_pretrained`; `load_policy(out_dir)` loads them. The
-    processor expands "<image>" to (64 / 8)^2 + 1 CLS - 1 dropped by "default" = 64 tokens, as the model.
+    processor expands "<image>" to (64 / stride)^2 tokens, one per cell of the tower's feature map.
     The global torch RNG is left untouched. Raises ValueError for an unknown name.
     """
     spec = _lookup(POLICY_PRESETS, name, "policy")
@@ -99,22 +119,22 @@ def build_policy_preset(name: str, out_dir: str | Path, seed: int = 0) -> Path:
     image_processor = CLIPImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
                                          image_mean=UNIT_PIXELS["mean"], image_std=UNIT_PIXELS["std"],
                                          crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_center_crop=False)
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH_SIZE,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1)
-    vision = CLIPVisionConfig(hidden_size=spec.vision_hidden, intermediate_size=spec.vision_intermediate,
-                              num_hidden_layers=spec.vision_layers, num_attention_heads=spec.vision_heads,
-                              image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, num_channels=3)
+    stride = vision_stride(spec)
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=stride,
+                               vision_feature_select_strategy="full", num_additional_image_tokens=0)
+    vision = ResNetConfig(num_channels=3, embedding_size=spec.vision_widths[0], hidden_sizes=list(spec.vision_widths),
+                          depths=list(spec.vision_depths), layer_type="basic", downsample_in_first_stage=False)
+    vision.hidden_size = spec.vision_widths[-1]  # the projector's input width (FastVLM reads it)
     text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=spec.text_hidden,
                        intermediate_size=spec.text_intermediate, num_hidden_layers=spec.text_layers,
                        num_attention_heads=spec.text_heads, num_key_value_heads=spec.text_heads,
                        max_position_embeddings=spec.max_positions, pad_token_id=tokenizer.pad_token_id,
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tokenizer.image_token_id,
-                         image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2, vision_feature_select_strategy="default",
-                         vision_feature_layer=-1)  # the last layer: the default -2 would waste half a 2-layer tower
+    config = FastVlmConfig(vision_config=vision, text_config=text, image_token_index=tokenizer.image_token_id,
+                           image_seq_length=(IMAGE_SIZE // stride) ** 2)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(config)
+        model = FastVlmForConditionalGeneration(config)
     for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
         setattr(model.generation_config, key, getattr(tokenizer, key))
     model.save_pretrained(out_dir)

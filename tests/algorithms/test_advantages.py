@@ -90,6 +90,15 @@ def test_group_normalized_scores_match_reference():
         assert_close(got[i], expected)
 
 
+def test_unscored_samples_stay_nan_and_leave_their_group_statistics():
+    scores = torch.tensor([1.0, float("nan"), 3.0, 2.0, float("nan")])
+    group_ids = torch.tensor([0, 0, 0, 1, 1])
+    got = group_normalized_scores(scores, group_ids)
+    assert torch.isnan(got[[1, 4]]).all()
+    assert_close(got[[0, 2, 3]], torch.cat([group_normalized_scores(torch.tensor([1.0, 3.0]), torch.tensor([0, 0])),
+                                            torch.zeros(1)]))
+
+
 def test_all_equal_group_scores_give_zero_not_nan():
     scores = torch.tensor([0.1, 0.1, 0.1, 0.7, 0.3, 0.3], dtype=torch.float32)
     group_ids = torch.tensor([0, 0, 0, 1, 2, 2])

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from mmrlhf.models.presets import IMAGE_SIZE, PATCH_SIZE
 from mmrlhf.models import (build_policy_preset, encode_prompts, encode_responses, generate, load_policy,
                            response_logprobs)
+from mmrlhf.models.policy import image_features
 
 PROMPTS = ["What number is written?", "What number is written in the image? Read the digits."]
 
@@ -29,13 +29,13 @@ def _images(n, seed=0):
     return [rng.integers(0, 256, (64, 64), dtype=np.uint8) for _ in range(n)]
 
 
-def _force_eos(model, eos_id, row_bias):
-    """Add row_bias[b] to the eos logit of row b in every lm_head call (generation and teacher forcing)."""
+def _bias_token(model, token_id, row_bias):
+    """Add row_bias[b] to the logit of token_id in row b in every lm_head call (generation and teacher forcing)."""
 
     def hook(module, inputs, output):
         shape = (-1,) + (1,) * (output.dim() - 2)
         output = output.clone()
-        output[..., eos_id] += row_bias.view(shape)
+        output[..., token_id] += row_bias.view(shape)
         return output
 
     return model.get_output_embeddings().register_forward_hook(hook)
@@ -82,13 +82,14 @@ def test_tiny_policy_under_1m_params_and_small_between_1m_and_10m(tiny, tmp_path
     assert 1_000_000 < sum(p.numel() for p in small.parameters()) < 10_000_000
 
 
-def test_encode_prompts_left_pads_and_expands_the_image_to_its_patch_tokens(tiny):
+def test_encode_prompts_left_pads_and_expands_the_image_to_one_token_per_feature_cell(tiny):
     model, processor = tiny
     batch = encode_prompts(processor, _images(2) + [np.zeros((64, 64, 3), np.uint8)], PROMPTS + ["Describe."])
     assert batch.pixel_values.shape == (3, 3, 64, 64)
     assert batch.attention_mask[:, -1].all() and not batch.attention_mask[0, 0]
     image_id = model.config.image_token_id
-    assert ((batch.input_ids == image_id).sum(1) == (IMAGE_SIZE // PATCH_SIZE) ** 2).all()
+    assert ((batch.input_ids == image_id).sum(1) == model.config.image_seq_length).all()
+    assert image_features(model, batch.pixel_values).shape[:2] == (3, model.config.image_seq_length)
     assert (batch.input_ids[batch.attention_mask == 0] == processor.tokenizer.pad_token_id).all()
 
 
@@ -118,7 +119,7 @@ def test_generate_left_padded_batch(tiny):
     batch = encode_prompts(processor, _images(2), PROMPTS)
     assert batch.attention_mask[0].sum() < batch.attention_mask[1].sum()  # row 0 is padded
 
-    hook = _force_eos(model, eos, torch.tensor([100.0, -100.0]))  # row 0 stops at once, row 1 never
+    hook = _bias_token(model, eos, torch.tensor([100.0, -100.0]))  # row 0 stops at once, row 1 never
     try:
         gen = generate(model, processor, batch, max_new_tokens=5, do_sample=False)
     finally:
@@ -139,6 +140,21 @@ def test_generate_left_padded_batch(tiny):
         assert together.texts[i] == alone.texts[0]
 
 
+def test_the_image_placeholder_is_never_sampled(tiny):
+    model, processor = tiny
+    batch = encode_prompts(processor, _images(2), PROMPTS)
+    image_id = model.config.image_token_id
+    hook = _bias_token(model, image_id, torch.tensor([50.0, 50.0]))  # it would be nearly every token
+    try:
+        gen = generate(model, processor, batch, max_new_tokens=6, generator=torch.Generator().manual_seed(0))
+        logprobs, entropy, _ = response_logprobs(model, batch, gen.response_ids, gen.response_mask)
+    finally:
+        hook.remove()
+    assert not (gen.response_ids == image_id).any()
+    assert torch.isfinite(gen.logprobs).all() and torch.isfinite(logprobs).all() and torch.isfinite(entropy).all()
+    torch.testing.assert_close(logprobs * gen.response_mask, gen.logprobs, atol=1e-5, rtol=0)
+
+
 def test_sampling_is_reproducible_with_a_seeded_generator(tiny):
     model, processor = tiny
     batch = encode_prompts(processor, _images(2), PROMPTS)
@@ -153,7 +169,7 @@ def test_generation_logprobs_match_teacher_forced(tiny, temperature):
     model, processor = tiny
     eos = processor.tokenizer.eos_token_id
     batch = encode_prompts(processor, _images(3, seed=1), PROMPTS + ["Describe the image."])
-    hook = _force_eos(model, eos, torch.tensor([3.0, 0.0, -100.0]))  # some rows end early, with padding after
+    hook = _bias_token(model, eos, torch.tensor([3.0, 0.0, -100.0]))  # some rows end early, with padding after
     try:
         gen = generate(model, processor, batch, 10, temperature=temperature, generator=torch.Generator().manual_seed(0))
         logprobs, entropy, hidden = response_logprobs(model, batch, gen.response_ids, gen.response_mask,
@@ -175,8 +191,8 @@ def test_response_logprobs_gradients_reach_vision_tower_and_lm(tiny):
     sft_loss = -(logprobs * mask).sum() / mask.sum()
     model.zero_grad()
     sft_loss.backward()
-    patch_grads = [p.grad for n, p in model.model.vision_tower.named_parameters() if "patch_embedding" in n]
-    assert patch_grads and all(g is not None and g.abs().sum() > 0 for g in patch_grads)
+    stem = next(model.model.vision_tower.parameters())  # the tower's first layer (ResNet stem, ViT patch embedding)
+    assert stem.grad is not None and stem.grad.abs().sum() > 0
     assert model.get_output_embeddings().weight.grad.abs().sum() > 0
     model.zero_grad()
 

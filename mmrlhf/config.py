@@ -157,7 +157,7 @@ class RewardConfig:
     before it drops the samples (counted, never scored).
     """
 
-    clip_epochs: int = 40
+    clip_epochs: int = 60
     clip_lr: float = 5e-4
     hard_negatives: int = 4
     clip_shift_px: int = 4

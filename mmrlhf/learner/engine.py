@@ -112,9 +112,9 @@ def init_engine(
     """Wrap `model` in a DeepSpeed engine (`deepspeed.initialize`) on this rank.
 
     model: the full model, same initial weights on every rank; parameters with
-    ``requires_grad=False`` stay frozen (the built optimizer leaves them out). cfg_dict: from `deepspeed_config`
-    (not modified). optimizer: None builds `torch.optim.AdamW` from cfg_dict["optimizer"]; a
-    given optimizer requires a config without that section.
+    ``requires_grad=False`` stay frozen (the built optimizer leaves them out).
+    cfg_dict: from `deepspeed_config` (not modified). optimizer: None builds `torch.optim.AdamW`
+    from cfg_dict["optimizer"]; a given optimizer requires a config without that section.
     Needs torch.distributed set up (`deepspeed.init_distributed`); collective over all ranks.
     Raises ValueError when the optimizer is given twice, or neither given nor AdamW.
     """

@@ -5,8 +5,8 @@ scores are normalised (``rl.score_normalization``: within each prompt's samples,
 step), the score lands on the last real response token, each token pays
 ``kl_coef * KL(π‖π_ref)``, GAE (Schulman et al. 2016) over the response, advantages whitened
 with statistics all-reduced over the ranks, clipped surrogate and clipped value loss
-(Schulman et al. 2017). The math is the
-pure functions of ``mmrlhf.algorithms``; this module only feeds them and reduces across ranks.
+(Schulman et al. 2017). The math is the pure functions of ``mmrlhf.algorithms``; this module
+only feeds them and reduces across ranks.
 
 Sharding invariance: each minibatch loss is a masked *sum* divided by the global number of
 real tokens of that minibatch (all ranks together), times the world size because DeepSpeed
@@ -72,6 +72,23 @@ def _global_whiten(x: Tensor, mask: Tensor) -> Tensor:
     return masked_whiten(x, mask, mean=torch.tensor(mean), var=torch.tensor(var))
 
 
+def normalized_scores(scores: Tensor, prompt_ids: list[str], mode: str) -> Tensor:
+    """Scores ``(B,)`` (NaN: unscored, stays NaN) normalised per ``rl.score_normalization``.
+
+    "group": `group_normalized_scores` within each prompt's samples (GRPO, Shao et al. 2024);
+    "batch": mean 0 and unbiased variance 1 over the scored samples (`masked_whiten`), so values
+    and the KL penalty are in units of the scores' spread; "none": unchanged.
+    """
+    if mode == "group":
+        _, prompt_index = np.unique(np.asarray(prompt_ids), return_inverse=True)
+        return group_normalized_scores(scores, torch.from_numpy(prompt_index))
+    if mode == "batch":
+        scored = torch.isfinite(scores)
+        whitened = masked_whiten(torch.where(scored, scores, torch.zeros_like(scores)), scored.float())
+        return torch.where(scored, whitened, scores)
+    return scores
+
+
 class PPOLearner(LearnerWorker):
     """A learner rank that also holds the frozen reference policy and this rank's experience.
 
@@ -100,16 +117,12 @@ class PPOLearner(LearnerWorker):
 
         ``shard``: ``input_ids``/``attention_mask`` (B, T), ``pixel_values`` (B, 3, H, W),
         ``response_ids``/``response_mask``/``logprobs`` (B, R), ``scores`` (B,) (NaN: unscored,
-        masked out; already group-normalised by the group when ``rl.score_normalization`` is
-        "group"). Stores the experience on the rank; returns metrics reduced over ranks.
+        masked out; already normalised by the group, see ``PPOLearnerGroup.make_experience``).
+        Stores the experience on the rank; returns metrics reduced over ranks.
         """
         scored = torch.isfinite(shard["scores"])
         mask = shard["response_mask"].float() * scored[:, None]
-        raw_scores = torch.where(scored, shard["scores"], torch.zeros_like(shard["scores"]))
-        # ALGO: "batch" normalisation: the step's scored samples, over every rank, to mean 0 and
-        # variance 1, so values and the KL penalty are in units of the scores' spread.
-        batch_whiten = self.rl.score_normalization == "batch"
-        scores = _global_whiten(raw_scores, scored.float()) if batch_whiten else raw_scores
+        scores = torch.where(scored, shard["scores"], torch.zeros_like(shard["scores"]))
         self.engine.eval()
         old_logprobs, _, values = self._forward(shard)
         batch = PromptBatch(shard["input_ids"], shard["attention_mask"], shard["pixel_values"])
@@ -126,7 +139,7 @@ class PPOLearner(LearnerWorker):
             advantages=_global_whiten(advantages, mask),  # ALGO: whitened over the whole batch, every rank
             returns=returns).to_dict()
         sums = _all_reduce_sum(
-            (kl.sum(-1) * scored).sum(), raw_scores.sum(), scored.sum(), mask.sum(),
+            (kl.sum(-1) * scored).sum(), scores.sum(), scored.sum(), mask.sum(),
             ((shard["logprobs"] - old_logprobs).abs() * mask).sum(), len(scored))
         kl_sum, score_sum, n_scored, n_tokens, mismatch, n_rows = sums
         return {"rollout/kl": kl_sum / max(n_scored, 1.0), "rollout/score": score_sum / max(n_scored, 1.0),
@@ -204,14 +217,12 @@ class PPOLearnerGroup(LearnerGroup):
     def make_experience(self, rollout: Rollout, kl_coef: float) -> dict[str, float]:
         """Shard ``rollout`` by rank and build each rank's experience; returns reduced metrics.
 
-        With ``rl.score_normalization="group"`` the scores are normalised within each prompt's
-        samples here, before sharding splits a prompt's samples across ranks; ``rollout/score``
-        then reports the normalised mean (0 up to unscored samples).
+        The scores are normalised here, over the whole rollout, before sharding splits it (and a
+        prompt's samples) across ranks (`normalized_scores`); ``rollout/score`` reports the mean
+        of the normalised scores, ``rollout/reward`` (the controller) the raw one.
         """
         batch = rollout.to_batch()
-        if self.rl.score_normalization == "group":
-            _, prompt_index = np.unique(np.asarray(rollout.prompt_ids), return_inverse=True)
-            batch["scores"] = group_normalized_scores(batch["scores"], torch.from_numpy(prompt_index))
+        batch["scores"] = normalized_scores(batch["scores"], rollout.prompt_ids, self.rl.score_normalization)
         return self.run("make_experience", batch, kl_coef=kl_coef)[0]
 
     def update(self) -> dict[str, float]:

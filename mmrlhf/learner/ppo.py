@@ -117,7 +117,7 @@ class PPOLearner(LearnerWorker):
 
         ``shard``: ``input_ids``/``attention_mask`` (B, T), ``pixel_values`` (B, 3, H, W),
         ``response_ids``/``response_mask``/``logprobs`` (B, R), ``scores`` (B,) (NaN: unscored,
-        masked out; already normalised by the group, see ``PPOLearnerGroup.make_experience``).
+        masked out; already normalised in the driver by ``PPOLearnerGroup.make_experience``).
         Stores the experience on the rank; returns metrics reduced over ranks.
         """
         scored = torch.isfinite(shard["scores"])

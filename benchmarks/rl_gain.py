@@ -7,7 +7,7 @@ their mean ± sample standard deviation, with the machine it ran on.
     python benchmarks/rl_gain.py --seeds 0 1 2 [--config jobs/digits.yaml] [key=value ...]
 
 Each seed changes the data draw, the initial weights and the sampling (``seed`` and
-``data.seed``). Takes about one default run (≈15 minutes on a 2-core CPU) per seed.
+``data.seed``). Takes about one default run (≈7 minutes on a 2-core CPU) per seed.
 """
 
 from __future__ import annotations

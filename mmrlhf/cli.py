@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands: list[tuple[str, Callable, str]] = [
         ("data", _data, "build the data splits as Parquet in the run directory"),
         ("sft", _sft, "supervised fine-tuning of the policy on the labeled records"),
-        ("rl", _rl, "the distributed RL stage alone (PPO on Ray + Serve + DeepSpeed)"),
+        ("rl", _rl, "the distributed RL stage alone (PPO or SAC on Ray + Serve + DeepSpeed)"),
         ("train", _train, "the whole recipe: data, sft, feedback, reward, rl, eval"),
     ]
     for name, fn, help_text in commands:

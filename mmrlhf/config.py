@@ -191,11 +191,18 @@ class RewardConfig:
 
 @dataclass
 class RLConfig:
-    """The actor-learner loop: PPO with a KL penalty to the reference policy.
+    """The actor-learner loop: PPO or SAC (``algorithm``) with a KL leash to the reference policy.
 
     Per step: ``prompts_per_step`` prompts × ``samples_per_prompt`` samples from
-    ``rollout_workers`` workers; ``ppo_epochs`` passes over minibatches of ``minibatch_size``
-    on a ``learner_ranks``-rank DeepSpeed ZeRO-``zero_stage`` learner group.
+    ``rollout_workers`` workers, then, on a ``learner_ranks``-rank DeepSpeed
+    ZeRO-``zero_stage`` learner group, either ``ppo_epochs`` PPO passes over minibatches of
+    ``minibatch_size`` (KL penalty ``kl_coef`` per token), or ``sac_updates_per_step``
+    token-level discrete SAC steps on ``minibatch_size`` rows drawn from a replay buffer of
+    ``replay_capacity`` rows (all ranks), with ``kl_coef`` as the KL weight α of the soft value,
+    ``vf_coef`` weighting the twin-Q loss and target Q heads Polyak-averaged at rate ``sac_tau``
+    (see :mod:`mmrlhf.algorithms.sac`). A rollout with a row generated more than
+    ``max_policy_lag`` policy versions before the learner's is refused (the loop is synchronous,
+    so a lag means a rollout worker missed a weight sync).
 
     ``freeze_vision_tower`` keeps the policy's vision tower fixed at its SFT weights (the
     projector, LM and value head train), as LLaVA-RLHF (Sun et al. 2023) does.
@@ -206,7 +213,7 @@ class RLConfig:
     the newest ``keep_checkpoints`` are kept (see :mod:`mmrlhf.checkpoint`).
     """
 
-    algorithm: str = "ppo"
+    algorithm: str = "sac"
     steps: int = 40
     prompts_per_step: int = 32
     samples_per_prompt: int = 4
@@ -220,7 +227,7 @@ class RLConfig:
     value_clip_eps: float = 0.2
     vf_coef: float = 0.1
     ent_coef: float = 0.0
-    kl_coef: float = 0.02
+    kl_coef: float = 0.1
     kl_estimator: str = "k3"
     kl_target: Optional[float] = None
     gamma: float = 1.0
@@ -231,22 +238,28 @@ class RLConfig:
     max_policy_lag: int = 0
     freeze_vision_tower: bool = True
     score_normalization: str = "group"
+    sac_tau: float = 0.05
+    sac_updates_per_step: int = 4
+    replay_capacity: int = 1024
     checkpoint_every: int = 5
     keep_checkpoints: int = 2
 
     def __post_init__(self) -> None:
-        _choice("rl.algorithm", self.algorithm, ("ppo",))
+        _choice("rl.algorithm", self.algorithm, ("ppo", "sac"))
         _choice("rl.zero_stage", self.zero_stage, (0, 1, 2, 3))
         _choice("rl.kl_estimator", self.kl_estimator, ("k1", "k2", "k3"))
         _choice("rl.score_normalization", self.score_normalization, ("none", "batch", "group"))
         for name in ("steps", "prompts_per_step", "rollout_workers", "learner_ranks", "ppo_epochs",
-                     "minibatch_size", "lr", "temperature", "max_new_tokens"):
+                     "minibatch_size", "lr", "temperature", "max_new_tokens", "sac_updates_per_step",
+                     "replay_capacity"):
             _positive(f"rl.{name}", getattr(self, name))
         _check(self.samples_per_prompt >= 1, "rl.samples_per_prompt", "an integer >= 1", self.samples_per_prompt)
         _positive("rl.checkpoint_every", self.checkpoint_every, zero_ok=True)
         _check(self.keep_checkpoints >= 1, "rl.keep_checkpoints", "an integer >= 1", self.keep_checkpoints)
         _check(0 <= self.lam <= 1, "rl.lam", "a number in [0, 1]", self.lam)
         _check(0 <= self.gamma <= 1, "rl.gamma", "a number in [0, 1]", self.gamma)
+        _check(0 <= self.sac_tau <= 1, "rl.sac_tau", "a number in [0, 1]", self.sac_tau)
+        _check(self.max_policy_lag >= 0, "rl.max_policy_lag", "an integer >= 0", self.max_policy_lag)
 
 
 @dataclass

@@ -36,7 +36,7 @@ RL_GAUGES = {
     "rollout/reward": ("mmrlhf_reward_mean", "mean reward-model score of the step's rollout"),
     "rollout/gold": ("mmrlhf_gold_mean", "mean gold score of the step's rollout (tasks with an oracle)"),
     "rollout/kl": ("mmrlhf_kl", "mean KL(policy || reference) per response, nats"),
-    "ppo/entropy": ("mmrlhf_entropy", "mean token entropy of the policy in the PPO update, nats"),
+    "policy/entropy": ("mmrlhf_entropy", "mean token entropy of the policy in the update (PPO or SAC), nats"),
     "sync/version": ("mmrlhf_policy_version", "policy version the rollout workers hold after the step"),
     "rollout/policy_lag": ("mmrlhf_policy_lag", "versions between the newest policy and the oldest in the rollout"),
     "rollout/samples_per_s": ("mmrlhf_samples_per_second", "samples generated, scored and trained on per second"),
@@ -123,8 +123,10 @@ class RLMetricsLogger:
         self.bar.write(
             f"rl step {step + 1}/{self.bar.total}: reward {metrics.get('rollout/reward', math.nan):.3f} "
             f"gold {metrics.get('rollout/gold', math.nan):.3f} kl {metrics.get('rollout/kl', math.nan):.4f} "
-            f"all-alike {metrics.get('rollout/all_alike', math.nan):.2f} clipfrac {metrics.get('ppo/clipfrac', 0):.3f} "
-            f"sync {metrics.get('sync/seconds', math.nan):.2f}s step {metrics.get('time/step_seconds', math.nan):.1f}s")
+            f"all-alike {metrics.get('rollout/all_alike', math.nan):.2f} "
+            + (f"clipfrac {metrics['ppo/clipfrac']:.3f} " if "ppo/clipfrac" in metrics else "")
+            + (f"q {metrics['sac/q']:.3f} " if "sac/q" in metrics else "")
+            + f"sync {metrics.get('sync/seconds', math.nan):.2f}s step {metrics.get('time/step_seconds', math.nan):.1f}s")
 
     def close(self) -> None:
         """Write the plot of every step in the JSONL log (none if it is empty) and close the files."""

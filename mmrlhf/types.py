@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 
 
-def _pad_cat(tensors: list[Tensor], value: float, left: bool) -> Tensor:
-    """Concatenate ``(b_i, L_i, ...)`` tensors along dim 0, padding dim 1 to the longest."""
+def pad_cat(tensors: list[Tensor], value: float, left: bool) -> Tensor:
+    """Concatenate ``(b_i, L_i, ...)`` tensors along dim 0, padding dim 1 to the longest with
+    ``value``, on the left (prompts) or the right (responses)."""
     length = max(t.shape[1] for t in tensors)
     out = []
     for t in tensors:
@@ -74,12 +75,12 @@ class Rollout:
         return Rollout(
             prompt_ids=[i for p in parts for i in p.prompt_ids],
             sample_index=[i for p in parts for i in p.sample_index],
-            input_ids=_pad_cat([p.input_ids for p in parts], pad_token_id, left=True),
-            attention_mask=_pad_cat([p.attention_mask for p in parts], 0, left=True),
+            input_ids=pad_cat([p.input_ids for p in parts], pad_token_id, left=True),
+            attention_mask=pad_cat([p.attention_mask for p in parts], 0, left=True),
             pixel_values=torch.cat([p.pixel_values for p in parts]),
-            response_ids=_pad_cat([p.response_ids for p in parts], pad_token_id, left=False),
-            response_mask=_pad_cat([p.response_mask for p in parts], 0, left=False),
-            logprobs=_pad_cat([p.logprobs for p in parts], 0.0, left=False),
+            response_ids=pad_cat([p.response_ids for p in parts], pad_token_id, left=False),
+            response_mask=pad_cat([p.response_mask for p in parts], 0, left=False),
+            logprobs=pad_cat([p.logprobs for p in parts], 0.0, left=False),
             finish_reason=[r for p in parts for r in p.finish_reason],
             texts=[t for p in parts for t in p.texts],
             policy_version=torch.cat([p.policy_version for p in parts]),

@@ -1,4 +1,4 @@
-"""Pure-torch RLHF math: masked reductions, preference, KL, advantages, PPO losses.
+"""Pure-torch RLHF math: masked reductions, preference, KL, advantages, PPO and SAC losses.
 
 Nothing here imports ray, deepspeed or torch.distributed; callers reduce across ranks.
 """
@@ -17,9 +17,18 @@ from mmrlhf.algorithms.masked import (
     masked_sum,
     masked_var,
     masked_whiten,
+    reduce_tokens,
 )
 from mmrlhf.algorithms.ppo import entropy_bonus, policy_loss, ppo_loss, value_loss
 from mmrlhf.algorithms.preference import bradley_terry_loss, bradley_terry_prob
+from mmrlhf.algorithms.sac import (
+    polyak_update,
+    sac_actor_loss,
+    sac_critic_loss,
+    sac_loss,
+    soft_q_targets,
+    soft_state_values,
+)
 
 __all__ = [
     "KL_ESTIMATORS",
@@ -37,8 +46,15 @@ __all__ = [
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "polyak_update",
     "policy_loss",
     "ppo_loss",
+    "reduce_tokens",
+    "sac_actor_loss",
+    "sac_critic_loss",
+    "sac_loss",
+    "soft_q_targets",
+    "soft_state_values",
     "token_rewards",
     "value_loss",
 ]

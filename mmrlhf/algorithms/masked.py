@@ -40,6 +40,19 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     return masked_sum(x, mask, dim) / _safe_count(count)
 
 
+def reduce_tokens(x: Tensor, mask: Tensor, normalizer: float | Tensor | None = None) -> Tensor:
+    """A token loss reduced to a scalar: `masked_mean`, or the masked sum / `normalizer`.
+
+    x, mask: (B, R). normalizer: None for the token mean over `mask`; the global count of real
+    tokens (all ranks, all shards of one step) makes per-shard losses sum to the full-batch loss.
+    A count of 0 means every mask is 0, so the sum is 0 and the result is 0, not NaN.
+    """
+    if normalizer is None:
+        return masked_mean(x, mask)
+    n = torch.as_tensor(normalizer, dtype=x.dtype, device=x.device)
+    return masked_sum(x, mask) / _safe_count(n)
+
+
 def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     """Variance of `x` over all positions where `mask` is 1 (0-dim).
 

@@ -13,15 +13,7 @@ import torch
 from torch import Tensor
 
 from mmrlhf.algorithms.kl import kl_estimate
-from mmrlhf.algorithms.masked import masked_mean, masked_sum
-
-
-def _token_reduce(x: Tensor, mask: Tensor, normalizer: float | Tensor | None) -> Tensor:
-    if normalizer is None:
-        return masked_mean(x, mask)
-    n = torch.as_tensor(normalizer, dtype=x.dtype, device=x.device)
-    # A global count of 0 means every mask is 0, so the sum is 0 and dividing by 1 keeps it 0.
-    return masked_sum(x, mask) / torch.where(n > 0, n, torch.ones_like(n))
+from mmrlhf.algorithms.masked import masked_mean, reduce_tokens
 
 
 def policy_loss(
@@ -47,7 +39,7 @@ def policy_loss(
     # ALGO: L = -min(r A, clip(r, 1 - eps, 1 + eps) A) = max(-r A, -clip(r) A)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
-    loss = _token_reduce(torch.maximum(unclipped, clipped), mask, normalizer)
+    loss = reduce_tokens(torch.maximum(unclipped, clipped), mask, normalizer)
     with torch.no_grad():
         metrics = {
             "ppo/clipfrac": masked_mean((clipped > unclipped).to(ratio.dtype), mask),
@@ -79,7 +71,7 @@ def value_loss(
     values_clipped = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
     unclipped = (values - returns).square()
     clipped = (values_clipped - returns).square()
-    loss = 0.5 * _token_reduce(torch.maximum(unclipped, clipped), mask, normalizer)
+    loss = 0.5 * reduce_tokens(torch.maximum(unclipped, clipped), mask, normalizer)
     with torch.no_grad():
         metrics = {
             "value/clipfrac": masked_mean((clipped > unclipped).to(values.dtype), mask),
@@ -96,7 +88,7 @@ def entropy_bonus(
     entropy: (B, R) from `entropy_from_logits`; response_mask: (B, R). normalizer: see module
     docstring. Returns a scalar (higher is more exploratory; subtract it from the loss).
     """
-    return _token_reduce(entropy, response_mask, normalizer)
+    return reduce_tokens(entropy, response_mask, normalizer)
 
 
 def ppo_loss(

@@ -80,7 +80,8 @@ class LearnerGroup:
     `DS_ACCELERATOR=cpu` in their `runtime_env` and use gloo, with GPUs nccl.
     resources: extra custom Ray resources per rank, e.g. {"learner_node": 1}.
     worker_cls, worker_kwargs: the rank class (a `LearnerWorker` subclass such as PPO's
-    `PPOLearner`) and its extra constructor arguments.
+    `PPOLearner`) and its extra constructor arguments. sync_method: the rank method whose result
+    `weights()` publishes (the RL group's is `policy_state_dict_for_sync`: no value or Q heads).
     ready_timeout_s: seconds to wait for the placement group, then for all ranks to be up.
     Raises RuntimeError naming what was asked for when the cluster can't place the ranks or
     they fail or don't come up in time; nothing is left behind in that case.
@@ -99,10 +100,12 @@ class LearnerGroup:
         ready_timeout_s: float = 300.0,
         worker_cls: type[LearnerWorker] = LearnerWorker,
         worker_kwargs: dict[str, Any] | None = None,
+        sync_method: str = "state_dict_for_sync",
     ) -> None:
         if num_ranks < 1:
             raise ValueError(f"LearnerGroup: num_ranks={num_ranks}, must be >= 1")
         self.num_ranks = num_ranks
+        self.sync_method = sync_method
         self.workers: list[ray.actor.ActorHandle] = []
         self._failed = False
         bundle = {"CPU": cpus_per_rank, **({"GPU": gpus_per_rank} if gpus_per_rank else {})}
@@ -187,15 +190,15 @@ class LearnerGroup:
         """
         return self.run("train_step", batch, loss_fn=loss_fn)[0]
 
-    def weights(self, method_name: str = "state_dict_for_sync") -> ObjectRef:
+    def weights(self, method_name: str | None = None) -> ObjectRef:
         """ObjectRef to rank 0's full state dict {name: CPU Tensor} (gathered under ZeRO-3).
 
-        method_name: the rank method that returns it (rank 0) or None (others), e.g. PPO's
-        `policy_state_dict_for_sync`, which leaves the value head out.
+        method_name: the rank method that returns it (rank 0) or None (others); default the
+        group's `sync_method`.
         Collective over the ranks; returns once every rank finished the gather. The dict stays
         in the object store: pass the ref on rather than fetching it into the driver.
         """
-        refs = [getattr(worker, method_name).remote() for worker in self.workers]
+        refs = [getattr(worker, method_name or self.sync_method).remote() for worker in self.workers]
         self._collect(refs[1:], ranks=range(1, self.num_ranks))
         ray.wait(refs[:1], fetch_local=False)
         return refs[0]

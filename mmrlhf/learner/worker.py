@@ -34,6 +34,14 @@ from mmrlhf.learner.engine import (
 from mmrlhf.sync import state_dict_hash
 
 LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict[str, float | Tensor]]]
+POLICY_PREFIX = "policy."
+
+
+def all_reduce_sum(*values: float | Tensor) -> list[float]:
+    """Each value summed over all ranks (one float64 all-reduce); collective, every rank calls it."""
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+    return t.tolist()
 
 
 def shard_batch(batch: dict[str, Tensor], rank: int, world_size: int) -> dict[str, Tensor]:
@@ -71,6 +79,8 @@ class LearnerWorker:
     `torch.distributed` (env:// init). model_factory: builds the full model; called after
     `torch.manual_seed(seed)` so every rank starts from the same weights. ds_config: from
     `learner.engine.deepspeed_config`.
+    `generator` (seeded with `seed`, the same on every rank) orders minibatches and samples
+    replay rows, so all ranks take the same number of steps.
     Construction is collective: it blocks until all `world_size` ranks have joined, so create
     all ranks concurrently. Raises whatever `torch.distributed` raises on a failed rendezvous
     (e.g. a timeout when a rank never comes up).
@@ -100,6 +110,7 @@ class LearnerWorker:
         self.world_size = world_size
         torch.manual_seed(seed)
         self.engine = init_engine(model_factory(), ds_config)
+        self.generator = torch.Generator().manual_seed(seed)
 
     @staticmethod
     def get_address_and_port() -> tuple[str, int]:
@@ -187,18 +198,27 @@ class LearnerWorker:
         full = gather_full_state_dict(self.engine)
         return full if self.rank == 0 else None
 
+    def policy_state_dict_for_sync(self) -> dict[str, Tensor] | None:
+        """Rank 0: the full weights of the model's `policy` sub-module (no value or Q heads) under
+        the policy's own key names, what rollout workers load; None on others. Collective."""
+        full = self.state_dict_for_sync()
+        if full is None:
+            return None
+        return {k[len(POLICY_PREFIX):]: v for k, v in full.items() if k.startswith(POLICY_PREFIX)}
+
     def get_param_hash(self) -> str | None:
         """`sync.state_dict_hash` of the full weights on rank 0, None on others. Collective."""
         full = gather_full_state_dict(self.engine)
         return state_dict_hash(full) if self.rank == 0 else None
 
     def rng_state(self) -> dict[str, Tensor]:
-        """This rank's RNG states by name (uint8 tensors); subclasses add their generators."""
-        return {"torch": torch.get_rng_state()}
+        """This rank's RNG states by name (uint8 tensors): torch's global one and `generator`."""
+        return {"torch": torch.get_rng_state(), "minibatch_order": self.generator.get_state()}
 
     def set_rng_state(self, state: dict[str, Tensor]) -> None:
         """Restore what `rng_state` returned."""
         torch.set_rng_state(state["torch"])
+        self.generator.set_state(state["minibatch_order"])
 
     def save_checkpoint(self, folder: str) -> str | None:
         """Write this rank's part of a checkpoint into `folder`; collective, every rank calls it.

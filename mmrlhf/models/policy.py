@@ -215,15 +215,14 @@ def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return torch.stack(list(features)) if isinstance(features, (list, tuple)) else features
 
 
-def response_logprobs(model, batch: PromptBatch, response_ids: torch.Tensor, response_mask: torch.Tensor,
-                      temperature: float = 1.0, return_hidden: bool = False):
-    """Teacher-forced scores of responses: one forward over [prompt ; response], with gradients.
+def response_distribution(model, batch: PromptBatch, response_ids: torch.Tensor, response_mask: torch.Tensor,
+                          temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced next-token distributions over responses: one forward over [prompt ; response].
 
     batch: (B, T) left-padded prompts; response_ids, response_mask: (B, R), right-padded.
-    Returns (logprobs (B, R) float32 nats of each response token under log_softmax(logits / temperature),
-    entropy (B, R) float32 nats of that tempered distribution, hidden (B, R, H) or None): hidden is the
-    final-norm last-layer state at the position that predicts each response token (the value head's input).
-    Values at padded positions are computed but meaningless; mask them.
+    Returns (logp (B, R, V) float32 nats, log_softmax(logits / temperature) at the position that
+    predicts each response token; hidden (B, R, H), the final-norm last-layer state there), with
+    gradients. Values at padded positions are computed but meaningless; mask them.
     Raises ValueError for temperature <= 0 or a batch-size mismatch.
     """
     _check_temperature(temperature)
@@ -235,7 +234,20 @@ def response_logprobs(model, batch: PromptBatch, response_ids: torch.Tensor, res
     out = model.model(input_ids=input_ids, pixel_values=batch.pixel_values, attention_mask=attention_mask,
                       position_ids=_position_ids(attention_mask), use_cache=False)
     hidden = out.last_hidden_state[:, prompt_len - 1 : -1]  # (B, R, H): position t predicts token t + 1
-    logp = _tempered_logprobs(model, hidden, temperature)  # (B, R, V)
+    return _tempered_logprobs(model, hidden, temperature), hidden  # (B, R, V), (B, R, H)
+
+
+def response_logprobs(model, batch: PromptBatch, response_ids: torch.Tensor, response_mask: torch.Tensor,
+                      temperature: float = 1.0, return_hidden: bool = False):
+    """Teacher-forced scores of responses (see `response_distribution`), with gradients.
+
+    Returns (logprobs (B, R) float32 nats of each response token under log_softmax(logits / temperature),
+    entropy (B, R) float32 nats of that tempered distribution, hidden (B, R, H) or None): hidden is the
+    final-norm last-layer state at the position that predicts each response token (the value head's input).
+    Values at padded positions are computed but meaningless; mask them.
+    Raises ValueError for temperature <= 0 or a batch-size mismatch.
+    """
+    logp, hidden = response_distribution(model, batch, response_ids, response_mask, temperature)
     logprobs = logp.gather(-1, response_ids[..., None]).squeeze(-1)  # (B, R)
     entropy = -(logp.exp() * logp).sum(-1)  # (B, R)
     return logprobs, entropy, (hidden if return_hidden else None)

@@ -30,27 +30,24 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "mmrlhf-reward-model"
 
-_config_dir: tempfile.TemporaryDirectory | None = None  # holds the JSONs open_clip re-reads on each registration
-
-
 def register_clip_config(name: str, config: dict) -> None:
     """Make `name` an open_clip model name for `config` (keys `embed_dim`, `vision_cfg`, `text_cfg`).
 
-    Writes `<name>.json` to a per-process temporary folder and calls `open_clip.add_model_config`.
-    A registration replaces an earlier one of the same name. Raises ValueError on a config that
-    lacks one of the three keys (open_clip would silently ignore it).
+    Writes `<name>.json` to a temporary folder, calls `open_clip.add_model_config` on the file
+    and deletes the folder: open_clip keeps what it read, and its later rescans skip a file
+    that is gone, so nothing is left in /tmp even when the process is killed. A registration
+    replaces an earlier one of the same name. Raises ValueError on a config that lacks one of
+    the three keys (open_clip would silently ignore it).
     """
-    global _config_dir
     missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in config]
     if missing:
         raise ValueError(f"open_clip config {name!r}: missing keys {missing}")
     if open_clip.get_model_config(name) == config:
         return
-    if _config_dir is None:
-        _config_dir = tempfile.TemporaryDirectory(prefix="mmrlhf-open-clip-")
-    path = Path(_config_dir.name) / f"{name}.json"
-    path.write_text(json.dumps(config))
-    open_clip.add_model_config(path)
+    with tempfile.TemporaryDirectory(prefix="mmrlhf-open-clip-") as folder:
+        path = Path(folder) / f"{name}.json"
+        path.write_text(json.dumps(config))
+        open_clip.add_model_config(path)
 
 
 def build_clip(name: str, pretrained: str | None = None, preprocess_cfg: dict | None = None):

@@ -1,4 +1,4 @@
-"""Stage 5, rl: PPO with rollout workers, a Serve reward deployment and a DeepSpeed learner group.
+"""Stage 5, rl: PPO or SAC with rollout workers, a Serve reward deployment and a DeepSpeed learner group.
 
 Sets up the distributed parts from the config (resources included), runs
 :func:`mmrlhf.controller.train_loop`, checkpoints it (:mod:`mmrlhf.checkpoint`), saves the final
@@ -25,7 +25,7 @@ from mmrlhf.cluster import init_ray, shutdown_ray
 from mmrlhf.config import RunConfig
 from mmrlhf.controller import train_loop
 from mmrlhf.data.digits import gold_score
-from mmrlhf.learner.ppo import PPOLearnerGroup
+from mmrlhf.learner.rl_group import RLLearnerGroup
 from mmrlhf.metrics import RLMetricsLogger
 from mmrlhf.models.policy import load_policy
 from mmrlhf.reward.serve_app import build_reward_app, deploy_reward
@@ -64,7 +64,7 @@ def start_reward_deployment(cfg: RunConfig) -> None:
     deploy_reward(app, name=REWARD_APP, route_prefix="/reward" if rc.http else None, http_port=rc.http_port)
 
 
-def save_policy(learner_group: PPOLearnerGroup, sft_path: str, out: Path) -> None:
+def save_policy(learner_group: RLLearnerGroup, sft_path: str, out: Path) -> None:
     """Write the learner's current policy with ``save_pretrained`` (atomically) next to its processor."""
     model, processor = load_policy(sft_path)
     load_state_dict_strict(model, ray.get(learner_group.weights()))
@@ -78,7 +78,7 @@ class RLSystem:
     """The distributed parts of the RL stage, built from the config by :func:`rl_system`."""
 
     rollout_group: RolloutGroup
-    learner_group: PPOLearnerGroup
+    learner_group: RLLearnerGroup
     weight_sync: WeightSync
     prompts: PromptSource
     kl_controller: FixedKLController | AdaptiveKLController
@@ -115,7 +115,7 @@ def rl_system(cfg: RunConfig) -> Iterator[RLSystem]:
                  max_image_pixels=cfg.data.max_image_pixels),
             _actor_options(res.rollout_cpus, res.rollout_gpus, res.rollout_resource),
             load_policy(sft)[1].tokenizer.pad_token_id, transport)
-        learner_group = PPOLearnerGroup(rl, sft, res.learner_cpus, res.learner_gpus,
+        learner_group = RLLearnerGroup(rl, sft, res.learner_cpus, res.learner_gpus,
                                         {res.learner_resource: 1} if res.learner_resource else None, cfg.seed)
         yield RLSystem(
             rollout_group, learner_group, WeightSync(rollout_group.workers, transport),

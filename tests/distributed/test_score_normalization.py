@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mmrlhf.learner.ppo import normalized_scores
+from mmrlhf.learner.rl_group import normalized_scores
 
 NAN = float("nan")
 SCORES = torch.tensor([1.0, 3.0, NAN, 2.0, 6.0, 4.0])

@@ -12,7 +12,7 @@ import ray
 import torch
 
 from mmrlhf.learner.group import LearnerRankDied
-from mmrlhf.learner.ppo import PPOLearnerGroup
+from mmrlhf.learner.rl_group import RLLearnerGroup
 from mmrlhf.reward.scorer import RewardScorer
 from mmrlhf.rollout.prompts import PromptSource
 from mmrlhf.rollout.worker import RolloutWorker
@@ -50,7 +50,7 @@ def test_nonfinite_rewards_are_masked_and_a_killed_rank_stops_the_run_resumably(
     sft = str(policy_path(cfg, "sft"))
     folder = tmp_path / "step_1"
     folder.mkdir()
-    group = PPOLearnerGroup(rl, sft, cpus_per_rank=0.5, seed=cfg.seed)
+    group = RLLearnerGroup(rl, sft, cpus_per_rank=0.5, seed=cfg.seed)
     try:
         metrics = group.make_experience(rollout, kl_coef=rl.kl_coef)
         assert metrics["rollout/unscored"] == len(NONFINITE_ROWS)  # dropped from learning and counted
@@ -66,7 +66,7 @@ def test_nonfinite_rewards_are_masked_and_a_killed_rank_stops_the_run_resumably(
     finally:
         group.shutdown()
 
-    fresh = PPOLearnerGroup(rl, sft, cpus_per_rank=0.5, seed=cfg.seed)
+    fresh = RLLearnerGroup(rl, sft, cpus_per_rank=0.5, seed=cfg.seed)
     try:
         assert fresh.load_checkpoint(folder) == saved
         sentinel, trap = pickle_payload

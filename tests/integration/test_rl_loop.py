@@ -14,7 +14,7 @@ import torch
 from ray import serve
 
 from mmrlhf.controller import train_loop
-from mmrlhf.learner.ppo import PPOLearnerGroup
+from mmrlhf.learner.rl_group import RLLearnerGroup
 from mmrlhf.models.policy import load_policy
 from mmrlhf.reward.scorer import RewardScorer
 from mmrlhf.stages.common import RunPaths, policy_path
@@ -62,7 +62,7 @@ def test_two_rl_steps_sync_versions_and_weights_with_serve_rewards(ray_cluster, 
 def _first_step(cfg, zero_stage, rollout):
     """(first-step loss, policy weights after the step) of a fresh 2-rank group at `zero_stage`."""
     rl = dataclasses.replace(cfg.rl, zero_stage=zero_stage, ppo_epochs=1, minibatch_size=len(rollout))
-    group = PPOLearnerGroup(rl, str(policy_path(cfg, "sft")), cpus_per_rank=0.5, seed=cfg.seed)
+    group = RLLearnerGroup(rl, str(policy_path(cfg, "sft")), cpus_per_rank=0.5, seed=cfg.seed)
     try:
         group.make_experience(rollout, kl_coef=rl.kl_coef)
         return group.update()["learner/loss"], ray.get(group.weights())

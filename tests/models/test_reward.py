@@ -1,12 +1,15 @@
 """Reward model (open_clip CLIP + head) and RewardScorer: shapes, safetensors-only round trip, scoring."""
 
+import glob
 import pickle
+import tempfile
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 
-from mmrlhf.models import RewardModel, build_reward_preset
+from mmrlhf.models import RewardModel, build_reward_preset, register_clip_config
 from mmrlhf.reward import RewardScorer
 
 TEXTS = ["four one seven", "two two", ""]
@@ -118,3 +121,18 @@ def test_pickle_in_the_directory_is_never_loaded(tiny_dir, tmp_path, monkeypatch
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         RewardModel.from_pretrained(tmp_path)
     assert not sentinel.exists()
+
+
+def test_register_clip_config_replaces_by_name_and_leaves_no_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    first = {"embed_dim": 8, "vision_cfg": {"layers": 1}, "text_cfg": {"layers": 1}}
+    second = {**first, "embed_dim": 16}
+    register_clip_config("mmrlhf-test-replace", first)
+    register_clip_config("mmrlhf-test-other", {**first, "embed_dim": 4})
+    register_clip_config("mmrlhf-test-replace", second)
+    assert open_clip.get_model_config("mmrlhf-test-replace") == second
+    assert open_clip.get_model_config("mmrlhf-test-other")["embed_dim"] == 4
+    assert glob.glob(str(tmp_path / "mmrlhf-open-clip-*")) == []
+    assert not open_clip.factory._MODEL_CONFIG_PATHS[-1].exists()  # the file open_clip read is gone
+    with pytest.raises(ValueError, match="missing keys"):
+        register_clip_config("mmrlhf-test-bad", {"embed_dim": 8})

@@ -206,7 +206,7 @@ class RLConfig:
 
     ``freeze_vision_tower`` keeps the policy's vision tower fixed at its SFT weights (the
     projector, LM and value head train), as LLaVA-RLHF (Sun et al. 2023) does.
-    ``score_normalization`` of the reward-model scores before PPO: ``"group"`` subtracts the
+    ``score_normalization`` of the reward-model scores before the update: ``"group"`` subtracts the
     mean of the prompt's samples and divides by their std (GRPO's group baseline, Shao et al.
     2024), ``"batch"`` whitens over the step's samples, ``"none"`` keeps the raw scores.
     A checkpoint is written every ``checkpoint_every`` steps (0: only after the last step) and

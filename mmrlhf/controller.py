@@ -40,7 +40,8 @@ def rollout_metrics(rollout: Rollout, policy_version: int) -> dict[str, float]:
 
 def check_policy_lag(rollout: Rollout, policy_version: int, max_policy_lag: int) -> None:
     """Refuse a rollout with a row generated more than ``max_policy_lag`` versions before
-    ``policy_version`` (the learner's current one): PPO's clipped ratio assumes near on-policy data.
+    ``policy_version`` (the learner's current one): PPO's ratio needs near on-policy rollouts, and
+    SAC's replay buffer should age rows itself, not receive stale ones.
 
     Raises:
         RuntimeError: naming the oldest version found, the current one and the limit.

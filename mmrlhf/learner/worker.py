@@ -3,8 +3,9 @@
 `LearnerWorker` is a plain class; `learner/group.py` turns it into a Ray actor with
 `ray.remote(...)(LearnerWorker)`, one per rank. Algorithms stay out of it and come in as
 functions: a step is `train_step(batch, loss_fn)` with any `loss_fn(model, batch) -> (loss,
-metrics)` (PPO's update passes its PPO loss), and other per-rank work is `call(batch, fn=...)`
-(PPO's experience pass), so no subclass is needed.
+metrics)`, and other per-rank work is `call(batch, fn=...)`. An algorithm that keeps state on
+the rank (PPO's experience, SAC's replay buffer and reference policy) subclasses it once:
+`learner/ppo.py`, `learner/sac.py`.
 """
 
 from __future__ import annotations
@@ -145,8 +146,8 @@ class LearnerWorker:
     def call(self, *batches: dict[str, Tensor], fn: Callable[..., Any], **kwargs: Any) -> Any:
         """`fn(engine, *batches, **kwargs)` on this rank: the hook for work other than a step.
 
-        E.g. PPO's experience pass (old/ref log-probs, values) is a function of the engine and
-        this rank's shard, run on every rank with `LearnerGroup.run("call", batch, fn=...)`.
+        E.g. an evaluation pass over this rank's shard, run on every rank with
+        `LearnerGroup.run("call", batch, fn=...)`.
         Under ZeRO-3 a forward pass is collective, so every rank must run the same calls.
         """
         return fn(self.engine, *batches, **kwargs)

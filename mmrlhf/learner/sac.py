@@ -25,7 +25,7 @@ from mmrlhf.config import RLConfig
 from mmrlhf.learner.ppo import mean_metrics, rollout_stats, scored_rows
 from mmrlhf.learner.replay import ReplayBuffer
 from mmrlhf.learner.worker import LearnerWorker, all_reduce_sum
-from mmrlhf.models.policy import PromptBatch, load_policy, response_distribution
+from mmrlhf.models.policy import PromptBatch, load_policy, response_distribution, response_logprobs
 
 
 class SACLearner(LearnerWorker):
@@ -68,8 +68,8 @@ class SACLearner(LearnerWorker):
         logp, *_ = self._forward(shard)
         old_logprobs = logp.gather(-1, shard["response_ids"][..., None]).squeeze(-1)
         batch = PromptBatch(shard["input_ids"], shard["attention_mask"], shard["pixel_values"])
-        ref_logp, _ = response_distribution(self.ref_policy, batch, shard["response_ids"], mask, self.rl.temperature)
-        ref_logprobs = ref_logp.gather(-1, shard["response_ids"][..., None]).squeeze(-1)
+        ref_logprobs, _, _ = response_logprobs(self.ref_policy, batch, shard["response_ids"], mask,
+                                               self.rl.temperature)
         kl = kl_estimate(old_logprobs, ref_logprobs, self.rl.kl_estimator) * mask
         # ALGO: the score on the last real token; the KL leash is in the soft value, not the reward.
         rewards = token_rewards(scores, torch.zeros_like(kl), mask, 0.0)

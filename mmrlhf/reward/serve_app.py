@@ -296,6 +296,7 @@ def build_reward_app(
     batch_wait_timeout_s: float = 0.01,
     health_check_period_s: float = 10.0,
     health_check_timeout_s: float = 30.0,
+    device: str = "cpu",
 ) -> Application:
     """The reward Serve application, ready for `deploy_reward` (or `serve.run`).
 
@@ -308,6 +309,7 @@ def build_reward_app(
     batches could never fill. batch_wait_timeout_s: seconds a partial batch waits for more.
     health_check_period_s, health_check_timeout_s: how often Serve runs `check_health` and how
     long one may take before the replica counts as unhealthy and is replaced (seconds).
+    device: where each replica's scorer runs ("cuda" needs `num_gpus` in `ray_actor_options`).
     Raises ValueError naming the bad argument.
     """
     if max_batch_size < 1:
@@ -330,7 +332,7 @@ def build_reward_app(
         health_check_timeout_s=health_check_timeout_s,
         # One access-log line per scored item would drown the run's own progress output.
         logging_config={"enable_access_log": False},
-        user_config={"weights_dir": str(weights_dir), "version": version},
+        user_config={"weights_dir": str(weights_dir), "version": version, "device": device},
     ).bind(scorer_factory, max_batch_size, batch_wait_timeout_s)
 
 

@@ -86,13 +86,16 @@ class RolloutWorker:
         seed: base seed of this worker's sampling generator.
         temperature, max_new_tokens: sampling settings (tokens).
         max_image_pixels: decompression-bomb cap for prompt images (pixels).
+        device: where the policy replica samples ("cuda" when the actor has a GPU); rollouts
+            come back on the CPU.
     """
 
     def __init__(self, policy_path: str, scorer_factory: Callable[[], Scorer], seed: int,
-                 temperature: float, max_new_tokens: int, max_image_pixels: int) -> None:
+                 temperature: float, max_new_tokens: int, max_image_pixels: int, device: str = "cpu") -> None:
         torch.set_num_threads(1)
+        self.device = torch.device(device)
         self.model, self.processor = load_policy(policy_path)
-        self.model.eval()
+        self.model.to(self.device).eval()
         self.score = scorer_factory()
         self.seed = seed
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
@@ -137,8 +140,8 @@ class RolloutWorker:
         rows = [r for r in records for _ in range(samples_per_prompt)]
         images = [decode_image(r["image"], r["id"], self.max_image_pixels) for r in rows]
         batch = encode_prompts(self.processor, images, [r["prompt"] for r in rows])
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        out = generate(self.model, self.processor, batch, self.max_new_tokens,
+        generator = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + step)
+        out = generate(self.model, self.processor, batch.to(self.device), self.max_new_tokens,
                        temperature=self.temperature, generator=generator)
         try:
             scores = torch.tensor(self.score(images, out.texts), dtype=torch.float32)
@@ -150,7 +153,7 @@ class RolloutWorker:
             prompt_ids=[r["id"] for r in rows],
             sample_index=[i % samples_per_prompt for i in range(len(rows))],
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, pixel_values=batch.pixel_values,
-            response_ids=out.response_ids, response_mask=out.response_mask, logprobs=out.logprobs,
+            response_ids=out.response_ids.cpu(), response_mask=out.response_mask.cpu(), logprobs=out.logprobs.cpu(),
             finish_reason=out.finish_reason, texts=out.texts,
             policy_version=torch.full((len(rows),), self.policy_version, dtype=torch.int64),
             scores=scores,

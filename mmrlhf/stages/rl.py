@@ -42,6 +42,11 @@ def _actor_options(cpus: float, gpus: float, resource: str | None) -> dict:
     return {"num_cpus": cpus, "num_gpus": gpus, **({"resources": {resource: 1}} if resource else {})}
 
 
+def _device(gpus: float) -> str:
+    """Where an actor given ``gpus`` GPUs runs its model (Ray sets its CUDA_VISIBLE_DEVICES)."""
+    return "cuda" if gpus > 0 else "cpu"
+
+
 def _local_cpus(cfg: RunConfig) -> int:
     """Logical CPUs for a local cluster: enough for every configured actor, at least the machine's."""
     r = cfg.resources
@@ -60,7 +65,8 @@ def start_reward_deployment(cfg: RunConfig) -> None:
                            ray_actor_options=_actor_options(res.reward_cpus, res.reward_gpus, res.reward_resource),
                            batch_wait_timeout_s=rc.batch_wait_timeout_s,
                            health_check_period_s=rc.health_check_period_s,
-                           health_check_timeout_s=rc.health_check_timeout_s)
+                           health_check_timeout_s=rc.health_check_timeout_s,
+                           device=_device(res.reward_gpus))
     deploy_reward(app, name=REWARD_APP, route_prefix="/reward" if rc.http else None, http_port=rc.http_port)
 
 
@@ -112,7 +118,7 @@ def rl_system(cfg: RunConfig) -> Iterator[RLSystem]:
             rl.rollout_workers,
             dict(policy_path=sft, scorer_factory=lambda: serve_scorer(REWARD_APP, timeout_s=timeout_s, retries=retries),
                  seed=cfg.seed, temperature=rl.temperature, max_new_tokens=rl.max_new_tokens,
-                 max_image_pixels=cfg.data.max_image_pixels),
+                 max_image_pixels=cfg.data.max_image_pixels, device=_device(res.rollout_gpus)),
             _actor_options(res.rollout_cpus, res.rollout_gpus, res.rollout_resource),
             load_policy(sft)[1].tokenizer.pad_token_id, transport)
         learner_group = RLLearnerGroup(rl, sft, res.learner_cpus, res.learner_gpus,

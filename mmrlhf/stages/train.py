@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 
+from mmrlhf.checkpoint import CheckpointDir, read_state
 from mmrlhf.cluster import submitted_job_connection
 from mmrlhf.config import RunConfig, save_config
 from mmrlhf.metrics import StageTimer
@@ -33,15 +34,27 @@ def format_table(before: dict[str, float], after: dict[str, float], split: str) 
     return "\n".join(lines)
 
 
+def _rl_finished(cfg: RunConfig, paths: RunPaths, resume: bool) -> bool:
+    """Whether the RL stage is done: its policy exists and, on ``resume``, no checkpoint is short of ``rl.steps``.
+
+    Raises:
+        ValueError: ``resume`` with a config that changes the run (see :func:`mmrlhf.checkpoint.read_state`).
+    """
+    if not paths.rl_policy.exists():
+        return False
+    latest = CheckpointDir(paths.rl_checkpoints).latest()
+    return not (resume and latest is not None and read_state(latest, cfg)["step"] < cfg.rl.steps)
+
+
 def run_train(cfg: RunConfig, resume: bool = False) -> tuple[dict[str, float], dict[str, float]]:
     """Run every stage whose output is missing, then evaluate SFT and RLHF; returns both metrics.
 
-    ``resume``: an unfinished RL stage continues from its newest checkpoint when it has one.
+    ``resume``: an unfinished RL stage continues from its newest checkpoint when it has one; so
+    does a finished one whose ``rl.steps`` was raised (its policy is then written again).
     Stage times go to `<run_dir>/stages.jsonl`, TensorBoard and the Ray gauge
     `mmrlhf_stage_seconds` (:class:`mmrlhf.metrics.StageTimer`). In a submitted job the driver
     stays connected to the job's cluster throughout (:func:`mmrlhf.cluster.submitted_job_connection`).
     """
-    from mmrlhf.checkpoint import CheckpointDir
     from mmrlhf.stages.data import prepare_data
     from mmrlhf.stages.eval import run_eval
     from mmrlhf.stages.feedback import run_feedback_simulation
@@ -57,7 +70,7 @@ def run_train(cfg: RunConfig, resume: bool = False) -> tuple[dict[str, float], d
         ("sft", paths.sft_policy.exists, lambda: run_sft(cfg)),
         ("feedback", paths.pairs.exists, lambda: run_feedback_simulation(cfg)),
         ("reward", paths.reward_model.exists, lambda: run_reward_training(cfg)),
-        ("rl", paths.rl_policy.exists,
+        ("rl", lambda: _rl_finished(cfg, paths, resume),
          lambda: run_rl(cfg, resume=resume and CheckpointDir(paths.rl_checkpoints).latest() is not None)),
     ]
     with submitted_job_connection(), contextlib.closing(StageTimer(paths.root)) as timed:

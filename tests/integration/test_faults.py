@@ -69,7 +69,8 @@ def test_unhealthy_then_hung_reward_replica_is_replaced_and_calls_are_retried(ra
     handle = deploy_reward(_reward_app(tiny_run, health_check_period_s=1.0, health_check_timeout_s=2.0),
                            name="reward-faults")
     try:
-        score = serve_scorer("reward-faults", timeout_s=5.0, retries=6)
+        # Generous retries (about 90 s in all): a replacement replica starts slowly on a busy 2-core machine.
+        score = serve_scorer("reward-faults", timeout_s=5.0, retries=10)
         images, texts = _scoring_inputs(tiny_run)
         expected = score(images, texts)
         failing = handle.inject_fault.remote("fail").result()

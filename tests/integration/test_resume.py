@@ -1,4 +1,4 @@
-"""Exact resume: 4 RL steps in one go equal 2 steps, a stop, `--resume` and 2 more (tiny presets).
+"""Exact resume: 4 RL steps in one go equal 2 steps, a stop, `mmrlhf train --resume` and 2 more (tiny presets).
 
 Compared after step 4: the weights (hash of model.safetensors), every tensor of DeepSpeed's
 optimizer and module state on every rank, the prompt position, the per-step metrics and the
@@ -8,17 +8,17 @@ optimizer and module state on every rank, the prompt position, the per-step metr
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections import Counter
 
 import torch
 
+from mmrlhf import cli
 from mmrlhf.learner.engine import SafeTorchCheckpointEngine
 from mmrlhf.stages.common import RunPaths
 from mmrlhf.stages.rl import run_rl
 
-from .conftest import clone_run
+from .conftest import TINY, clone_run
 
 DETERMINISTIC = ("learner/", "ppo/", "value/", "rollout/reward", "rollout/kl", "rollout/score", "rollout/unscored",
                  "rollout/response_tokens", "rollout/gold", "sync/version")
@@ -61,7 +61,10 @@ def test_resume_reproduces_uninterrupted_run(ray_cluster, tiny_run, tmp_path):
     for torn in (ckpts / ".step_3.partial", ckpts / "step_3"):  # killed during the save of step 3
         (torn / "deepspeed").mkdir(parents=True)
         (torn / "model.safetensors").write_bytes(b"half a file")
-    run_rl(dataclasses.replace(parts, rl=dataclasses.replace(parts.rl, steps=4)), resume=True)
+    # The finished 2-step run has its policy; --resume with rl.steps=4 runs the RL stage on, then eval.
+    assert cli.main(["train", "--resume", "--config", str(TINY), f"run_dir={parts.run_dir}",
+                     "rl.steps=4", "rl.checkpoint_every=2"]) == 0
+    assert (RunPaths(parts.run_dir).root / "results.md").exists()
 
     a, b = RunPaths(whole.run_dir), RunPaths(parts.run_dir)
     state_a, state_b = (json.loads((p.rl_checkpoints / "step_4" / "state.json").read_text()) for p in (a, b))

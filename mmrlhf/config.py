@@ -201,8 +201,14 @@ class RLConfig:
     ``replay_capacity`` rows (all ranks), with ``kl_coef`` as the KL weight α of the soft value,
     ``vf_coef`` weighting the twin-Q loss and target Q heads Polyak-averaged at rate ``sac_tau``
     (see :mod:`mmrlhf.algorithms.sac`). A rollout with a row generated more than
-    ``max_policy_lag`` policy versions before the learner's is refused (the loop is synchronous,
-    so a lag means a rollout worker missed a weight sync).
+    ``max_policy_lag`` policy versions before the learner's is refused.
+
+    ``asynchronous``: the rollout workers generate the next batch while the learner group
+    updates on this one (one-step overlap, so its rows are one policy version behind; needs
+    ``max_policy_lag`` >= 1). PPO corrects that drift with truncated importance weights
+    ``min(π_old / π_behaviour, tis_cap)`` per token (see :func:`mmrlhf.algorithms.ppo.policy_loss`);
+    SAC is off-policy and needs none. The overlap pauses at each checkpoint, so a resumed run
+    repeats the uninterrupted one exactly.
 
     ``freeze_vision_tower`` keeps the policy's vision tower fixed at its SFT weights (the
     projector, LM and value head train), as LLaVA-RLHF (Sun et al. 2023) does.
@@ -236,6 +242,8 @@ class RLConfig:
     max_new_tokens: int = 8
     grad_clip: float = 1.0
     max_policy_lag: int = 0
+    asynchronous: bool = False
+    tis_cap: float = 2.0
     freeze_vision_tower: bool = True
     score_normalization: str = "group"
     sac_tau: float = 0.05
@@ -259,7 +267,10 @@ class RLConfig:
         _check(0 <= self.lam <= 1, "rl.lam", "a number in [0, 1]", self.lam)
         _check(0 <= self.gamma <= 1, "rl.gamma", "a number in [0, 1]", self.gamma)
         _check(0 <= self.sac_tau <= 1, "rl.sac_tau", "a number in [0, 1]", self.sac_tau)
-        _check(self.max_policy_lag >= 0, "rl.max_policy_lag", "an integer >= 0", self.max_policy_lag)
+        _check(self.max_policy_lag >= (1 if self.asynchronous else 0), "rl.max_policy_lag",
+               "an integer >= 1 with rl.asynchronous (the overlapped batch is one version behind)"
+               if self.asynchronous else "an integer >= 0", self.max_policy_lag)
+        _check(self.tis_cap >= 1, "rl.tis_cap", "a number >= 1", self.tis_cap)
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """The RL loop, one screen long: generate → score → experience → update → weight sync.
 
 The driver holds the control flow; the rollout workers, the Serve reward deployment and the
-learner group do the compute (the single-controller design of veRL / OpenRLHF).
+learner group do the compute (the single-controller design of veRL / OpenRLHF). In
+asynchronous mode the next batch is submitted to the rollout workers before the update, so
+generation and scoring overlap the learner's work, one policy version behind.
 """
 
 from __future__ import annotations
@@ -60,19 +62,30 @@ def train_loop(rl: RLConfig, prompts, rollout_group, learner_group, weight_sync,
     metrics, rollout)`` logs each.
 
     ``checkpoint(steps_done)`` runs after every ``rl.checkpoint_every`` steps and after the last.
+    With ``rl.asynchronous`` the batch of step s+1 is generated (with policy version s) during
+    the update of step s, except after a checkpointed step: a resume then starts the same way
+    as the uninterrupted run went on, with freshly published weights.
     """
+    def checkpointed(done: int) -> bool:
+        return checkpoint is not None and (done == rl.steps or bool(rl.checkpoint_every) and done % rl.checkpoint_every == 0)
+
+    pending = None  # rollout refs of a step submitted ahead (asynchronous mode)
     for step in range(start_step, rl.steps):
         start = time.perf_counter()
-        rollout = rollout_group.generate(prompts.next_batch(), rl.samples_per_prompt, step)  # scored by Serve
+        if pending is None:
+            pending = rollout_group.submit(prompts.next_batch(), rl.samples_per_prompt, step)
+        rollout = rollout_group.collect(pending)                                  # scored by Serve
+        done = step + 1
+        overlap = rl.asynchronous and done < rl.steps and not checkpointed(done)
+        pending = rollout_group.submit(prompts.next_batch(), rl.samples_per_prompt, done) if overlap else None
         check_policy_lag(rollout, step, rl.max_policy_lag)
         metrics = rollout_metrics(rollout, policy_version=step)
         metrics |= learner_group.make_experience(rollout, kl_controller.value)  # PPO: GAE advantages; SAC: replay rows
         metrics |= learner_group.update()                                         # PPO epochs, or SAC steps from replay
-        metrics |= weight_sync.publish(learner_group, version=step + 1)           # rollout workers load v+1
+        metrics |= weight_sync.publish(learner_group, version=done, push=pending is None)  # workers load v+1
         kl_controller.update(metrics["rollout/kl"], len(rollout))
         metrics["time/step_seconds"] = time.perf_counter() - start
         metrics["rollout/samples_per_s"] = len(rollout) / metrics["time/step_seconds"]
         on_step(step, metrics, rollout)
-        done = step + 1
-        if checkpoint is not None and (done == rl.steps or rl.checkpoint_every and done % rl.checkpoint_every == 0):
+        if checkpointed(done):
             checkpoint(done)                                                      # a resume continues at `done`

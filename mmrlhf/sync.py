@@ -88,18 +88,21 @@ class WeightSync:
         self.rollout_workers = list(rollout_workers)
         self.transport = transport if transport is not None else ObjectStoreTransport()
 
-    def publish(self, learner_group: Any, version: int) -> dict[str, float]:
+    def publish(self, learner_group: Any, version: int, push: bool = True) -> dict[str, float]:
         """Publish `learner_group.weights()` as `version` and wait until every worker loaded it.
 
         learner_group: anything with `weights() -> ObjectRef | dict` (a `LearnerGroup`).
-        Returns {"sync/seconds": wall time of gather + publish + all loads, "sync/version"}.
+        push=False only publishes: workers busy generating (asynchronous mode) load the version
+        when their next `generate` call names it, instead of the driver waiting for them.
+        Returns {"sync/seconds": wall time of gather + publish (+ all loads), "sync/version"}.
         Raises ValueError (version not increasing) and whatever a worker's load raised
         (`ray.exceptions.RayTaskError` wrapping it, e.g. a key mismatch).
         """
         start = time.perf_counter()
         self.transport.publish(version, learner_group.weights())
         published_version, ref = self.transport.latest()
-        ray.get([w.load_weights.remote(published_version, ref) for w in self.rollout_workers])
+        if push:
+            ray.get([w.load_weights.remote(published_version, ref) for w in self.rollout_workers])
         return {"sync/seconds": time.perf_counter() - start, "sync/version": float(version)}
 
 

@@ -103,6 +103,7 @@ class Experience:
     rewards: Tensor                   # (B, R) -kl_coef*KL per token + score on the last token
     advantages: Tensor                # (B, R) GAE, whitened over response_mask
     returns: Tensor                   # (B, R) advantages + values (value targets)
+    is_weights: Tensor                # (B, R) min(π_old / π_behaviour, tis_cap) per token; ≈1 on-policy
 
     def to_dict(self) -> dict[str, Tensor]:
         """Fields as a dict of tensors (what the learner shards by rank)."""

@@ -38,6 +38,8 @@ def test_every_job_config_loads(path):
         (["reward.val_fraction=1.5"], ["reward.val_fraction", "(0, 1)"]),
         (["model.reward=ViT-L-14", "model.reward_pretrained=laion2b_s32b_b82"], ["model.reward_pretrained", "laion2b_s32b_b82k"]),
         (["resources.learner_resource=GPU"], ["resources.learner_resource", "custom resource"]),
+        (["rl.asynchronous=true"], ["rl.max_policy_lag", ">= 1 with rl.asynchronous"]),
+        (["rl.tis_cap=0.5"], ["rl.tis_cap", ">= 1"]),
     ],
 )
 def test_bad_config_is_one_line_error_naming_the_key(override, names):

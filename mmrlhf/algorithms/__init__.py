@@ -19,7 +19,7 @@ from mmrlhf.algorithms.masked import (
     masked_whiten,
     reduce_tokens,
 )
-from mmrlhf.algorithms.ppo import entropy_bonus, policy_loss, ppo_loss, value_loss
+from mmrlhf.algorithms.ppo import entropy_bonus, policy_loss, ppo_loss, truncated_importance_weights, value_loss
 from mmrlhf.algorithms.preference import bradley_terry_loss, bradley_terry_prob
 from mmrlhf.algorithms.sac import (
     polyak_update,
@@ -56,5 +56,6 @@ __all__ = [
     "soft_q_targets",
     "soft_state_values",
     "token_rewards",
+    "truncated_importance_weights",
     "value_loss",
 ]

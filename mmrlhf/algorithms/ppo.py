@@ -9,11 +9,33 @@ shard's token means whatever the normalizer.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from mmrlhf.algorithms.kl import kl_estimate
 from mmrlhf.algorithms.masked import masked_mean, reduce_tokens
+
+
+def truncated_importance_weights(
+    old_logprobs: Tensor, behaviour_logprobs: Tensor, response_mask: Tensor, cap: float = 2.0
+) -> Tensor:
+    """Per-token ``min(π_old / π_behaviour, cap)``, 0 on padding: (B, R).
+
+    old_logprobs: (B, R) nats under the learner's policy before the update (PPO's proximal
+    policy); behaviour_logprobs: (B, R) nats under the policy that sampled the tokens (a rollout
+    worker one or more versions behind in asynchronous mode); response_mask: (B, R); cap >= 1.
+    The truncated importance weight of IMPALA (Espeholt et al. 2018, ρ̄ of eq. 1) on the
+    decoupled PPO objective (Hilton et al. 2022, eq. 2): the clipped ratio is taken against
+    π_old, the weight corrects for sampling from π_behaviour, and the cap bounds its variance.
+    Raises ValueError for cap < 1.
+    """
+    if cap < 1:
+        raise ValueError(f"truncated_importance_weights: cap={cap}, must be >= 1")
+    mask = response_mask.bool()
+    log_w = (old_logprobs - behaviour_logprobs).masked_fill(~mask, 0)
+    return torch.exp(log_w.clamp(max=math.log(cap))) * mask
 
 
 def policy_loss(
@@ -23,14 +45,18 @@ def policy_loss(
     response_mask: Tensor,
     clip_eps: float = 0.2,
     normalizer: float | Tensor | None = None,
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped surrogate objective, as a loss to minimise (Schulman et al. 2017, eq. 7).
 
     logprobs: (B, R) current policy log-probs in nats (with grad); old_logprobs: (B, R) the
-    behaviour policy's; advantages: (B, R); response_mask: (B, R). clip_eps: epsilon of the
-    ratio clip. normalizer: see module docstring.
+    policy's before the update; advantages: (B, R); response_mask: (B, R). clip_eps: epsilon
+    of the ratio clip. normalizer: see module docstring. is_weights: (B, R) per-token weights
+    (no grad) for tokens sampled by another policy, from :func:`truncated_importance_weights`;
+    None weighs every token 1 (the samples came from the old policy itself).
     Returns (loss: scalar, {"ppo/clipfrac": fraction of tokens where the clip is active,
-    "ppo/approx_kl": k3 estimate of KL(old || new) in nats, "ppo/ratio_mean"}).
+    "ppo/approx_kl": k3 estimate of KL(old || new) in nats, "ppo/ratio_mean"}, plus
+    "ppo/is_weight_mean" when is_weights is given).
     """
     mask = response_mask.bool()
     # Zeroing the log-ratio on padding keeps exp() finite there, so gradients stay finite.
@@ -39,7 +65,10 @@ def policy_loss(
     # ALGO: L = -min(r A, clip(r, 1 - eps, 1 + eps) A) = max(-r A, -clip(r) A)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
-    loss = reduce_tokens(torch.maximum(unclipped, clipped), mask, normalizer)
+    per_token = torch.maximum(unclipped, clipped)
+    if is_weights is not None:
+        per_token = is_weights.detach() * per_token  # ALGO: decoupled PPO, truncated IS weight
+    loss = reduce_tokens(per_token, mask, normalizer)
     with torch.no_grad():
         metrics = {
             "ppo/clipfrac": masked_mean((clipped > unclipped).to(ratio.dtype), mask),
@@ -47,6 +76,8 @@ def policy_loss(
             "ppo/approx_kl": masked_mean(kl_estimate(old_logprobs, logprobs, "k3"), mask),
             "ppo/ratio_mean": masked_mean(ratio, mask),
         }
+        if is_weights is not None:
+            metrics["ppo/is_weight_mean"] = masked_mean(is_weights, mask)
     return loss, metrics
 
 
@@ -101,6 +132,7 @@ def ppo_loss(
     old_values: Tensor | None = None,
     returns: Tensor | None = None,
     entropy: Tensor | None = None,
+    is_weights: Tensor | None = None,
     clip_eps: float = 0.2,
     value_clip_eps: float = 0.2,
     vf_coef: float = 0.5,
@@ -110,7 +142,8 @@ def ppo_loss(
     """PPO loss: policy + vf_coef * value - ent_coef * entropy (Schulman et al. 2017, eq. 9).
 
     All tensors (B, R). `values`, `old_values`, `returns` go together: omit all three for a
-    critic-free run (e.g. group-normalised advantages); `entropy` is optional. Raises
+    critic-free run (e.g. group-normalised advantages); `entropy` and `is_weights` (see
+    `policy_loss`) are optional. Raises
     ValueError if only some of the value tensors are given.
     Returns (loss: scalar, metrics of `policy_loss` and `value_loss` plus "ppo/policy_loss",
     "value/loss" and "ppo/entropy" where computed, and "ppo/total_loss").
@@ -119,7 +152,7 @@ def ppo_loss(
     if any(given) and not all(given):
         raise ValueError("ppo_loss: give `values`, `old_values` and `returns` together, or none")
     loss, metrics = policy_loss(
-        logprobs, old_logprobs, advantages, response_mask, clip_eps, normalizer
+        logprobs, old_logprobs, advantages, response_mask, clip_eps, normalizer, is_weights
     )
     metrics["ppo/policy_loss"] = loss.detach()
     if values is not None:

@@ -20,7 +20,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from mmrlhf.algorithms import gae, kl_estimate, masked_mean, masked_whiten, ppo_loss, token_rewards
+from mmrlhf.algorithms import (gae, kl_estimate, masked_mean, masked_whiten, ppo_loss, token_rewards,
+                               truncated_importance_weights)
 from mmrlhf.config import RLConfig
 from mmrlhf.learner.worker import LearnerWorker, all_reduce_sum
 from mmrlhf.models.policy import PromptBatch, load_policy, response_logprobs
@@ -116,7 +117,10 @@ class PPOLearner(LearnerWorker):
             response_ids=shard["response_ids"], response_mask=mask, old_logprobs=old_logprobs,
             ref_logprobs=ref_logprobs, values=values, rewards=rewards,
             advantages=_global_whiten(advantages, mask),  # ALGO: whitened over the whole batch, every rank
-            returns=returns).to_dict()
+            returns=returns,
+            # ALGO: rows sampled by an older policy (asynchronous mode) are reweighted toward π_old
+            is_weights=truncated_importance_weights(old_logprobs, shard["logprobs"], mask, self.rl.tis_cap),
+        ).to_dict()
         return rollout_stats(shard, scores, scored, mask, old_logprobs, kl)
 
     def _minibatch_loss(self, model: Any, b: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -125,6 +129,7 @@ class PPOLearner(LearnerWorker):
         loss, metrics = ppo_loss(
             logprobs, b["old_logprobs"], b["advantages"], b["response_mask"],
             values=values, old_values=b["values"], returns=b["returns"], entropy=entropy,
+            is_weights=b["is_weights"],
             clip_eps=self.rl.clip_eps, value_clip_eps=self.rl.value_clip_eps,
             vf_coef=self.rl.vf_coef, ent_coef=self.rl.ent_coef, normalizer=n_tokens)
         metrics["policy/entropy"] = masked_mean(entropy.detach(), b["response_mask"])

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from mmrlhf.algorithms.ppo import entropy_bonus, policy_loss, ppo_loss, value_loss
+from mmrlhf.algorithms.ppo import entropy_bonus, policy_loss, ppo_loss, truncated_importance_weights, value_loss
 
 LENGTHS = [0, 3, 6, 1, 6, 4]
 R = 6
@@ -123,6 +123,43 @@ def full_loss(batch, normalizer=None):
         ent_coef=0.01,
         normalizer=normalizer,
     )
+
+
+def test_truncated_importance_weights_match_reference_loop_with_padding():
+    g = torch.Generator().manual_seed(7)
+    old = -torch.rand(len(LENGTHS), R, generator=g, dtype=torch.float64) * 3
+    behaviour = old + torch.randn(len(LENGTHS), R, generator=g, dtype=torch.float64)
+    mask = right_padded_mask(LENGTHS, R)
+    behaviour[mask == 0] = -1e4  # padding garbage: exp(old - behaviour) would overflow
+    weights = truncated_importance_weights(old, behaviour, mask, cap=2.0)
+    expected = torch.zeros_like(old)
+    for b, t in real_tokens(LENGTHS):
+        expected[b, t] = min(math.exp(old[b, t].item() - behaviour[b, t].item()), 2.0)
+    assert_close(weights, expected)
+    real = mask.bool()
+    assert (weights[real] == 2.0).any() and (weights[real] < 1.0).any()  # both sides of the cap
+    assert_close(truncated_importance_weights(old, old, mask), mask)  # on-policy: every weight 1
+    with pytest.raises(ValueError, match="cap"):
+        truncated_importance_weights(old, old, mask, cap=0.5)
+
+
+def test_policy_loss_with_importance_weights_matches_reference_loop():
+    batch = random_batch(5)
+    weights = torch.rand(len(LENGTHS), R, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 2
+    mask = batch["response_mask"]
+    loss, metrics = policy_loss(batch["logprobs"], batch["old_logprobs"], batch["advantages"], mask, 0.2,
+                                is_weights=weights)
+    terms = []
+    for b, t in real_tokens(LENGTHS):
+        ratio = math.exp(batch["logprobs"][b, t].item() - batch["old_logprobs"][b, t].item())
+        adv = batch["advantages"][b, t].item()
+        terms.append(-weights[b, t].item() * min(ratio * adv, min(max(ratio, 0.8), 1.2) * adv))
+    assert_close(loss, torch.tensor(sum(terms) / len(terms), dtype=torch.float64))
+    assert_close(metrics["ppo/is_weight_mean"], (weights * mask).sum() / mask.sum())
+    unweighted, _ = policy_loss(batch["logprobs"], batch["old_logprobs"], batch["advantages"], mask, 0.2)
+    ones, _ = policy_loss(batch["logprobs"], batch["old_logprobs"], batch["advantages"], mask, 0.2,
+                          is_weights=torch.ones_like(mask))
+    assert_close(ones, unweighted)
 
 
 def test_ppo_loss_combines_components():

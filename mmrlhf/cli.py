@@ -32,6 +32,18 @@ def _feedback(cfg: RunConfig, args: argparse.Namespace) -> None:
     run_feedback_simulation(cfg)
 
 
+def _feedback_import(cfg: RunConfig, args: argparse.Namespace) -> int:
+    """A bad feedback file is the user's input error: one line naming the file, row and field."""
+    from mmrlhf.stages.feedback_import import run_feedback_import
+
+    try:
+        run_feedback_import(cfg, args.file, args.kind, append=args.append)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        print(f"mmrlhf: feedback import: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _reward(cfg: RunConfig, args: argparse.Namespace) -> None:
     from mmrlhf.stages.reward_train import run_reward_training
 
@@ -79,11 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--resume", action="store_true",
                            help="continue the RL stage from its newest complete checkpoint")
 
-    feedback = sub.add_parser("feedback", help="human feedback: simulated annotator")
+    feedback = sub.add_parser("feedback", help="human feedback: a simulated annotator or imported files")
     fsub = feedback.add_subparsers(dest="action", required=True)
     p = fsub.add_parser("simulate", help="sample K responses per prompt; a simulated annotator picks")
     _add_config_args(p)
     p.set_defaults(fn=_feedback)
+    p = fsub.add_parser("import", help="preference pairs from a file of human judgements (.jsonl, .csv, .parquet)")
+    p.add_argument("file", help="the feedback file; its rows' fields depend on --kind (see the README)")
+    # no argparse choices: the kinds live with the importer, whose imports would slow `--help`
+    p.add_argument("--kind", required=True, help="pairwise, ranking or rating")
+    p.add_argument("--append", action="store_true", help="add to the run's existing preference pairs")
+    _add_config_args(p)
+    p.set_defaults(fn=_feedback_import)
 
     reward = sub.add_parser("reward", help="reward model")
     rsub = reward.add_subparsers(dest="action", required=True)
@@ -100,14 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mmrlhf`` console script; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse fills `overrides` with the first run of positionals, so in `feedback import FILE
+    # --kind K key=value` the overrides after the options come back unparsed
+    stray = [item for item in extra if item.startswith("-") or "=" not in item]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    args.overrides += extra
     try:
         cfg = load_config(args.config, args.overrides)
     except (ConfigError, FileNotFoundError) as exc:
         print(f"mmrlhf: config error: {exc}", file=sys.stderr)
         return 2
-    args.fn(cfg, args)
-    return 0
+    return args.fn(cfg, args) or 0
 
 
 if __name__ == "__main__":

@@ -117,5 +117,5 @@ class PreferencePair:
     prompt_id: str                    # record id of the prompt (and its image)
     chosen: str                       # preferred response text
     rejected: str                     # the other response text
-    annotator: str                    # who chose, e.g. "simulated-gold" or a person's id
-    source: str                       # "simulated", "import" or "labeling-page"
+    annotator: str                    # who chose, e.g. "simulated-gold", a person's id or "anonymous"
+    source: str                       # "simulated", "import:<kind>" or "labeling-page"

@@ -3,6 +3,10 @@
 import subprocess
 import sys
 
+import pytest
+
+from mmrlhf.cli import main
+
 
 def _run(*args):
     return subprocess.run([sys.executable, "-m", "mmrlhf.cli", *args], capture_output=True, text=True, timeout=120)
@@ -27,3 +31,10 @@ def test_data_stage_writes_four_splits(tmp_path):
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
         "feedback.parquet", "sft.parquet", "test.parquet", "val.parquet"]
+
+
+def test_stray_word_after_the_options_is_refused_not_taken_as_an_override(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["feedback", "import", "f.jsonl", "--kind", "rating", "stray"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: stray" in capsys.readouterr().err

@@ -5,18 +5,23 @@ a malformed file (a record without an id or prompt, invalid JSON) is the user's 
 fails the whole read with a ValueError naming the line/record and field; a broken image or
 an unusable record inside a well-formed file is data noise, skipped and listed in the report
 with its record id and reason. Kept images are decoded (validated) and re-encoded as PNG.
+
+`read_rows` (JSONL, CSV or Parquet rows, each named by its line or row for error messages) and
+`require_field` also serve other user files, e.g. the human feedback of
+:mod:`mmrlhf.feedback.importer`.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from mmrlhf.data.media import (
@@ -29,6 +34,7 @@ from mmrlhf.data.media import (
 from mmrlhf.data.schema import RECORD_SCHEMA, to_table
 
 IMAGE_PLACEHOLDER = "<image>"  # LLaVA's marker for where the image goes in the human turn
+ROW_FILE_SUFFIXES = (".jsonl", ".csv", ".parquet")  # what `read_rows` reads
 
 
 @dataclass
@@ -79,14 +85,7 @@ def read_manifest(
     Records whose image cannot be read or decoded are skipped and reported.
     """
     path = Path(path)
-    if path.suffix not in (".jsonl", ".parquet"):
-        raise ValueError(f"{path}: manifest must end in .jsonl or .parquet")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such manifest")
-    if path.suffix == ".jsonl":
-        rows = _jsonl_rows(path)
-    else:
-        rows = ((f"{path} row {i}", row) for i, row in enumerate(pq.read_table(path).to_pylist()))
+    rows = read_rows(path, "manifest", suffixes=(".jsonl", ".parquet"))
     return _collect(rows, lambda row: _manifest_candidate(*row), base_dir=path.parent,
                     split=split, max_pixels=max_pixels, allow_urls=allow_urls)
 
@@ -112,13 +111,13 @@ def read_coco_captions(
     for key in ("images", "annotations"):
         if not isinstance(coco, dict) or not isinstance(coco.get(key), list):
             raise ValueError(f"{annotations_json}: missing list '{key}' of a COCO captions file")
-    files = {_require(annotations_json, img, "id"): _require(annotations_json, img, "file_name")
+    files = {require_field(annotations_json, img, "id"): require_field(annotations_json, img, "file_name")
              for img in coco["images"]}
 
     def parse(ann: dict) -> _Candidate:
-        image_id = _require(annotations_json, ann, "image_id")
-        record_id = f"coco-{image_id}-{_require(annotations_json, ann, 'id')}"
-        caption = str(_require(annotations_json, ann, "caption")).strip()
+        image_id = require_field(annotations_json, ann, "image_id")
+        record_id = f"coco-{image_id}-{require_field(annotations_json, ann, 'id')}"
+        caption = str(require_field(annotations_json, ann, "caption")).strip()
         if image_id not in files:
             raise _Skip(record_id, f"caption refers to image_id {image_id}, not in 'images'")
         if not caption:
@@ -155,6 +154,72 @@ def read_llava_json(
         raise ValueError(f"{path}: a LLaVA file must hold a JSON list of records")
     return _collect(entries, functools.partial(_llava_candidate, path), base_dir=Path(image_dir),
                     split=split, max_pixels=max_pixels, allow_urls=allow_urls)
+
+
+def read_rows(
+    path: str | Path,
+    what: str,
+    *,
+    suffixes: Sequence[str] = ROW_FILE_SUFFIXES,
+    text_columns: Iterable[str] = (),
+) -> Iterator[tuple[str, Any]]:
+    """The rows of a user's table file as ``(where, row dict)``, the reader chosen by suffix.
+
+    `.jsonl`: one JSON object a line, `where` = "<path> line <n>" (from 1; blank lines
+    skipped). `.csv` (pyarrow.csv, header line first) and `.parquet` (pyarrow): `where` =
+    "<path> row <i>" (from 0, header not counted). In CSV the `text_columns` are read as text
+    rather than inferred (an id "007" stays "007") and an empty cell is None.
+    `what` names the file in errors ("manifest", "feedback file").
+
+    Raises FileNotFoundError when `path` does not exist; ValueError naming the path when its
+    suffix is not one of `suffixes` or pyarrow cannot parse it, and naming the line for invalid
+    JSON (while iterating).
+    """
+    path = Path(path)
+    if path.suffix not in suffixes:
+        raise ValueError(f"{path}: {what} must end in {' or '.join(suffixes)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such {what}")
+    if path.suffix == ".jsonl":
+        return jsonl_rows(path)
+    try:
+        if path.suffix == ".csv":
+            options = pa_csv.ConvertOptions(column_types={name: pa.string() for name in text_columns},
+                                            strings_can_be_null=True, null_values=[""])
+            table = pa_csv.read_csv(path, convert_options=options)
+        else:
+            table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ValueError(f"{path}: not a readable {path.suffix[1:]} {what} ({err})") from err
+    return ((f"{path} row {i}", row) for i, row in enumerate(table.to_pylist()))
+
+
+def jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    """Yield ("<path> line <n>", object) for each non-blank line of a JSONL file.
+
+    Raises ValueError naming the line when it is not valid JSON.
+    """
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path} line {number}", json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} line {number}: not valid JSON ({err})") from err
+
+
+def require_field(where: Path | str, entry: Any, key: str) -> Any:
+    """entry[key], or ValueError naming the place, the entry's id (if any) and the field.
+
+    `where` names the file and line/row; a value of None counts as missing.
+    """
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(entry).__name__}")
+    if entry.get(key) is None:
+        name = f" (record {entry['id']})" if "id" in entry else ""
+        raise ValueError(f"{where}{name}: missing field '{key}'")
+    return entry[key]
 
 
 def _collect(
@@ -215,31 +280,9 @@ def _load_json(path: Path) -> Any:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
 
 
-def _require(where: Path | str, entry: Any, key: str) -> Any:
-    """entry[key], or ValueError naming the place, the entry's id (if any) and the field."""
-    if not isinstance(entry, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(entry).__name__}")
-    if entry.get(key) is None:
-        name = f" (record {entry['id']})" if "id" in entry else ""
-        raise ValueError(f"{where}{name}: missing field '{key}'")
-    return entry[key]
-
-
-def _jsonl_rows(path: Path):
-    """Yield ("<path> line <n>", object) for each non-blank line of a JSONL file."""
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path} line {number}", json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} line {number}: not valid JSON ({err})") from err
-
-
 def _manifest_candidate(where: str, row: Any) -> _Candidate:
     """Check one manifest row's fields; ValueError naming the line, record and field."""
-    values = {key: _require(where, row, key) for key in ("id", "prompt", "image")}
+    values = {key: require_field(where, row, key) for key in ("id", "prompt", "image")}
     name = f"{where} (record {values['id']})"
     for key in ("id", "prompt"):
         if not isinstance(values[key], str) or not values[key].strip():
@@ -259,8 +302,8 @@ def _manifest_candidate(where: str, row: Any) -> _Candidate:
 
 def _llava_candidate(path: Path, entry: Any) -> _Candidate:
     """Turn one LLaVA entry into a candidate; _Skip for unusable records (see read_llava_json)."""
-    record_id = str(_require(path, entry, "id"))
-    turns = _require(path, entry, "conversations")
+    record_id = str(require_field(path, entry, "id"))
+    turns = require_field(path, entry, "conversations")
     if not isinstance(turns, list):
         raise ValueError(f"{path} (record {record_id}): field 'conversations' must be a list")
     human = _first_turn(turns, "human")

@@ -33,7 +33,7 @@ PREFERENCE_SCHEMA = pa.schema(
         pa.field("chosen", pa.string(), nullable=False),
         pa.field("rejected", pa.string(), nullable=False),
         pa.field("annotator", pa.string(), nullable=False),
-        pa.field("source", pa.string(), nullable=False),  # "simulated", "import", "web"
+        pa.field("source", pa.string(), nullable=False),  # "simulated", "import:<kind>", "web"
     ]
 )
 

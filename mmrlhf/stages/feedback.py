@@ -2,7 +2,8 @@
 
 For ``feedback.n_prompts`` records of the unlabeled feedback pool the SFT policy samples K
 responses; :mod:`mmrlhf.feedback.simulated` compares them by gold score with Bradley–Terry
-noise (Christiano et al. 2017). Pairs go to ``<run_dir>/feedback/pairs.parquet``.
+noise (Christiano et al. 2017). Pairs go to ``<run_dir>/feedback/pairs.parquet``; people's
+judgements reach the same file through :mod:`mmrlhf.stages.feedback_import`.
 """
 
 from __future__ import annotations

@@ -142,14 +142,15 @@ def run_reward_training(cfg: RunConfig) -> dict[str, float]:
     """Train and save the reward model; returns ``{"reward/val_accuracy", "reward/train_accuracy", ...}``.
 
     Raises:
-        FileNotFoundError: no preference pairs yet (run ``mmrlhf feedback simulate``).
+        FileNotFoundError: no preference pairs yet (run ``mmrlhf feedback simulate`` or ``import``).
         ValueError: a pair names a prompt id missing from the feedback split.
     """
     rc = cfg.reward
     generator = seed_everything(cfg.seed + 2)
     paths = RunPaths(cfg.run_dir)
     if not paths.pairs.exists():
-        raise FileNotFoundError(f"no preference pairs at {paths.pairs}: run `mmrlhf feedback simulate` first")
+        raise FileNotFoundError(f"no preference pairs at {paths.pairs}: run `mmrlhf feedback simulate` "
+                                "or `mmrlhf feedback import` first")
     pairs = read_table(paths.pairs, PREFERENCE_SCHEMA)
     feedback = load_split(cfg, "feedback")
     prompt_ids = sorted(set(pairs.column("prompt_id").to_pylist()))

@@ -130,15 +130,15 @@ def read_state(path: Path, cfg: RunConfig) -> dict[str, Any]:
     return state
 
 
-def config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """``"key: checkpoint X, now Y"`` for each leaf that differs, except ``RESUMABLE_CHANGES``."""
+def config_changes(saved: dict, current: dict, prefix: str = "", saved_as: str = "checkpoint") -> list[str]:
+    """``"key: <saved_as> X, now Y"`` for each leaf that differs, except ``RESUMABLE_CHANGES``."""
     changes = []
     for key in sorted(set(saved) | set(current)):
         name, old, new = f"{prefix}{key}", saved.get(key), current.get(key)
         if isinstance(old, dict) and isinstance(new, dict):
-            changes += config_changes(old, new, f"{name}.")
+            changes += config_changes(old, new, f"{name}.", saved_as)
         elif old != new and not name.startswith(RESUMABLE_CHANGES):
-            changes.append(f"{name}: checkpoint {old!r}, now {new!r}")
+            changes.append(f"{name}: {saved_as} {old!r}, now {new!r}")
     return changes
 
 

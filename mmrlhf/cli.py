@@ -8,6 +8,7 @@ Every subcommand takes ``--config jobs/<x>.yaml`` and ``key=value`` overrides (s
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable
 
@@ -32,16 +33,10 @@ def _feedback(cfg: RunConfig, args: argparse.Namespace) -> None:
     run_feedback_simulation(cfg)
 
 
-def _feedback_import(cfg: RunConfig, args: argparse.Namespace) -> int:
-    """A bad feedback file is the user's input error: one line naming the file, row and field."""
+def _feedback_import(cfg: RunConfig, args: argparse.Namespace) -> None:
     from mmrlhf.stages.feedback_import import run_feedback_import
 
-    try:
-        run_feedback_import(cfg, args.file, args.kind, append=args.append)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        print(f"mmrlhf: feedback import: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    run_feedback_import(cfg, args.file, args.kind, append=args.append)
 
 
 def _reward(cfg: RunConfig, args: argparse.Namespace) -> None:
@@ -75,7 +70,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``mmrlhf`` argument parser (one subparser per stage)."""
-    parser = argparse.ArgumentParser(prog="mmrlhf", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="mmrlhf", description="One subcommand per stage of the RLHF recipe, "
+                                     "each reading the same config (--config jobs/<x>.yaml, key=value overrides).")
     sub = parser.add_subparsers(dest="command", required=True)
     commands: list[tuple[str, Callable, str]] = [
         ("data", _data, "build the data splits as Parquet in the run directory"),
@@ -132,7 +128,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as exc:
         print(f"mmrlhf: config error: {exc}", file=sys.stderr)
         return 2
-    return args.fn(cfg, args) or 0
+    try:
+        args.fn(cfg, args)
+    except KeyboardInterrupt:
+        print("mmrlhf: interrupted; outputs are written atomically, and `--resume` continues an RL stage "
+              "from its last checkpoint", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        # The user's input or run directory (a missing stage output, a bad record, a refused resume):
+        # the message names it, a traceback would bury it.
+        if os.environ.get("MMRLHF_TRACEBACK"):
+            raise
+        print(f"mmrlhf {args.command}: {exc}", file=sys.stderr)  # MMRLHF_TRACEBACK=1 shows the traceback
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

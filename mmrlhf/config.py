@@ -11,11 +11,12 @@ what is allowed. Each stage receives only its own sub-config.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 
@@ -36,7 +37,8 @@ def _choice(key: str, value: Any, allowed: tuple) -> None:
 
 
 def _positive(key: str, value: float, zero_ok: bool = False) -> None:
-    _check(value >= 0 if zero_ok else value > 0, key, "a number >= 0" if zero_ok else "a number > 0", value)
+    _check(math.isfinite(value) and (value >= 0 if zero_ok else value > 0), key,
+           "a finite number >= 0" if zero_ok else "a finite number > 0", value)
 
 
 @dataclass
@@ -271,6 +273,10 @@ class RLConfig:
                "an integer >= 1 with rl.asynchronous (the overlapped batch is one version behind)"
                if self.asynchronous else "an integer >= 0", self.max_policy_lag)
         _check(self.tis_cap >= 1, "rl.tis_cap", "a number >= 1", self.tis_cap)
+        for name in ("clip_eps", "value_clip_eps", "grad_clip"):
+            _positive(f"rl.{name}", getattr(self, name))
+        for name in ("kl_coef", "vf_coef", "ent_coef"):
+            _positive(f"rl.{name}", getattr(self, name), zero_ok=True)
 
 
 @dataclass
@@ -312,6 +318,9 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _choice("eval.split", self.split, ("val", "test"))
+        _positive("eval.batch_size", self.batch_size)
+        _positive("eval.max_new_tokens", self.max_new_tokens)
+        _positive("eval.n_review", self.n_review, zero_ok=True)
 
 
 @dataclass
@@ -374,9 +383,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             layers.append(OmegaConf.load(path))
         except Exception as exc:  # yaml.YAMLError and friends: re-raised as one line
             raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        if not isinstance(layers[-1], DictConfig):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections (run_dir, data, rl, ...), "
+                              f"got a {type(layers[-1]).__name__}")
+    sections = [f.name for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(f.default_factory)]
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. rl.steps=4")
+        if item.split("=", 1)[0] in sections:
+            raise ConfigError(f"override {item!r}: {item.split('=', 1)[0]} is a section; set one of its keys, "
+                              f"e.g. {item.split('=', 1)[0]}.<key>=value")
     try:
         layers.append(OmegaConf.from_dotlist(list(overrides or [])))
         merged = OmegaConf.merge(base, *layers)

@@ -38,3 +38,11 @@ def test_stray_word_after_the_options_is_refused_not_taken_as_an_override(capsys
         main(["feedback", "import", "f.jsonl", "--kind", "rating", "stray"])
     assert exit_info.value.code == 2
     assert "unrecognized arguments: stray" in capsys.readouterr().err
+
+
+def test_a_missing_stage_output_is_one_line_exit_1_and_writes_nothing(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["rl", f"run_dir={run_dir}"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no sft policy" in err and "mmrlhf sft" in err
+    assert not run_dir.exists()  # no Ray started, no rl/ or tensorboard/ left behind

@@ -40,6 +40,12 @@ def test_every_job_config_loads(path):
         (["resources.learner_resource=GPU"], ["resources.learner_resource", "custom resource"]),
         (["rl.asynchronous=true"], ["rl.max_policy_lag", ">= 1 with rl.asynchronous"]),
         (["rl.tis_cap=0.5"], ["rl.tis_cap", ">= 1"]),
+        (["rl.lr=inf"], ["rl.lr", "finite"]),
+        (["rl.kl_coef=-1"], ["rl.kl_coef", ">= 0"]),
+        (["rl.clip_eps=-0.5"], ["rl.clip_eps", "> 0"]),
+        (["eval.batch_size=0"], ["eval.batch_size", "> 0"]),
+        (["eval.n_review=-1"], ["eval.n_review", ">= 0"]),
+        (["rl=3"], ["rl", "section", "rl.<key>=value"]),
     ],
 )
 def test_bad_config_is_one_line_error_naming_the_key(override, names):
@@ -49,6 +55,13 @@ def test_bad_config_is_one_line_error_naming_the_key(override, names):
     assert "\n" not in message
     for name in names:
         assert name in message
+
+
+def test_yaml_whose_top_level_is_not_a_mapping_names_the_file(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- rl\n- data\n")
+    with pytest.raises(ConfigError, match="list.yaml: the top level must be a mapping"):
+        load_config(path)
 
 
 def test_malformed_yaml_names_the_file(tmp_path):

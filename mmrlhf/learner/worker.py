@@ -176,7 +176,7 @@ class LearnerWorker:
             loss, metrics = loss_fn(self.engine, micro_batch)
             self.engine.backward(loss)
             self.engine.step()
-            for key, value in {"learner/loss": loss, **metrics}.items():
+            for key, value in {"learner/loss": loss.detach(), **metrics}.items():
                 sums[key] = sums.get(key, 0.0) + float(value) / accum
         grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is not None:

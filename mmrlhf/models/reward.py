@@ -13,7 +13,9 @@ Weights are saved and loaded as safetensors only; nothing here ever unpickles a 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -72,6 +74,24 @@ def build_clip(name: str, pretrained: str | None = None, preprocess_cfg: dict | 
         image_resize_mode=cfg.get("resize_mode"),
     )
     return clip, image_transform, open_clip.get_tokenizer(name)
+
+
+@contextlib.contextmanager
+def _no_random_init_warning():
+    """Drop open_clip's root-logger warning that a model built without a pretrained tag is random.
+
+    `RewardModel.from_pretrained` loads its own weights right after building, so the warning
+    ("No pretrained weights loaded ... initialized randomly") would only alarm.
+    """
+    def keep(record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 class RewardModel(nn.Module):
@@ -149,7 +169,8 @@ class RewardModel(nn.Module):
         """
         config = read_config(model_dir)
         register_clip_config(config["clip_model"], config["clip_config"])
-        model = cls(config["clip_model"], None, config["head_hidden"], config["preprocess_cfg"])
+        with _no_random_init_warning():
+            model = cls(config["clip_model"], None, config["head_hidden"], config["preprocess_cfg"])
         model.load_weights(model_dir)
         return model.to(device)
 

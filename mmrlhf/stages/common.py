@@ -102,7 +102,8 @@ def policy_path(cfg, label: str) -> Path:
     ``sft``, ``rl``, or any other path / hub name passed through.
 
     Raises:
-        FileNotFoundError: ``sft``/``rl`` asked for before that stage has run.
+        FileNotFoundError: ``sft``/``rl`` asked for before that stage has run, or a local path
+            (starting with ``/``, ``.`` or ``~``, or with more slashes than a hub id) that does not exist.
     """
     from mmrlhf.models.presets import resolve_policy
 
@@ -115,4 +116,7 @@ def policy_path(cfg, label: str) -> Path:
         if not path.exists():
             raise FileNotFoundError(f"no {label} policy at {path}: run `{command}` first")
         return path
-    return Path(label)
+    local = label.startswith(("/", ".", "~")) or label.count("/") > 1  # hub ids are "name" or "owner/name"
+    if local and not Path(label).expanduser().exists():
+        raise FileNotFoundError(f"no policy folder at {label} (a local path; hub ids look like owner/name)")
+    return Path(label).expanduser() if local else Path(label)

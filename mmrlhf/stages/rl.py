@@ -55,6 +55,19 @@ def _local_cpus(cfg: RunConfig) -> int:
     return r.num_cpus or max(os.cpu_count() or 1, int(needed + 0.999))
 
 
+def rl_inputs(cfg: RunConfig) -> str:
+    """The SFT policy's path, after checking that the RL stage's inputs (SFT policy, reward model) exist.
+
+    Raises:
+        FileNotFoundError: naming the missing output and the command that makes it.
+    """
+    sft = str(policy_path(cfg, "sft"))
+    reward_model = RunPaths(cfg.run_dir).reward_model
+    if not (reward_model / "config.json").exists():
+        raise FileNotFoundError(f"no reward model at {reward_model}: run `mmrlhf reward train` first")
+    return sft
+
+
 def start_reward_deployment(cfg: RunConfig) -> None:
     """Deploy the trained reward model on Serve (batched, autoscaled, HTTP only if enabled)."""
     rc, res = cfg.reward, cfg.resources
@@ -103,11 +116,8 @@ def rl_system(cfg: RunConfig) -> Iterator[RLSystem]:
         FileNotFoundError: no SFT policy or no reward model yet.
     """
     rl, res = cfg.rl, cfg.resources
-    paths = RunPaths(cfg.run_dir)
+    sft = rl_inputs(cfg)
     prepare_data(cfg)
-    sft = str(policy_path(cfg, "sft"))
-    if not (paths.reward_model / "config.json").exists():
-        raise FileNotFoundError(f"no reward model at {paths.reward_model}: run `mmrlhf reward train` first")
     pool = load_split(cfg, "feedback")
     rollout_group = learner_group = None
     try:
@@ -155,6 +165,7 @@ def run_rl(cfg: RunConfig, resume: bool = False) -> list[dict[str, float]]:
         mmrlhf.learner.group.LearnerRankDied: a learner rank died (names it).
         RuntimeError: the learner group could not be placed or a rank failed (names the cause).
     """
+    rl_inputs(cfg)  # before anything is started or written
     paths = RunPaths(cfg.run_dir)
     checkpoints = CheckpointDir(paths.rl_checkpoints, keep=cfg.rl.keep_checkpoints)
     start = checkpoints.latest()

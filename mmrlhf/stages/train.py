@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 
-from mmrlhf.checkpoint import CheckpointDir, read_state
+from mmrlhf.checkpoint import CheckpointDir, config_changes, read_state
 from mmrlhf.cluster import submitted_job_connection
-from mmrlhf.config import RunConfig, save_config
+from mmrlhf.config import RunConfig, load_config, save_config, to_dict
 from mmrlhf.metrics import StageTimer
 from mmrlhf.stages.common import RunPaths
 
@@ -46,8 +46,29 @@ def _rl_finished(cfg: RunConfig, paths: RunPaths, resume: bool) -> bool:
     return not (resume and latest is not None and read_state(latest, cfg)["step"] < cfg.rl.steps)
 
 
+def check_same_run(cfg: RunConfig, paths: RunPaths) -> None:
+    """Refuse a config that changes what the run directory's outputs were made with.
+
+    ``train`` skips stages whose outputs exist, so a changed setting (an algorithm, a seed, a
+    learning rate) would otherwise print the old run's table under the new config. Settings a
+    resume may change (:data:`mmrlhf.checkpoint.RESUMABLE_CHANGES`) are allowed.
+
+    Raises:
+        ValueError: naming each changed key, its value in ``<run_dir>/config.yaml`` and now.
+    """
+    saved = paths.root / "config.yaml"
+    if not saved.exists():
+        return
+    changed = config_changes(to_dict(load_config(saved)), to_dict(cfg), saved_as="run")
+    if changed:
+        raise ValueError(f"{paths.root} holds outputs made with another config ({'; '.join(changed)}): "
+                         "use a new run_dir, or run the stage commands (e.g. `mmrlhf rl`) on this one")
+
+
 def run_train(cfg: RunConfig, resume: bool = False) -> tuple[dict[str, float], dict[str, float]]:
     """Run every stage whose output is missing, then evaluate SFT and RLHF; returns both metrics.
+
+    Raises ValueError (:func:`check_same_run`) when the run directory was made with another config.
 
     ``resume``: an unfinished RL stage continues from its newest checkpoint when it has one; so
     does a finished one whose ``rl.steps`` was raised (its policy is then written again).
@@ -63,6 +84,7 @@ def run_train(cfg: RunConfig, resume: bool = False) -> tuple[dict[str, float], d
     from mmrlhf.stages.sft import run_sft
 
     paths = RunPaths(cfg.run_dir)
+    check_same_run(cfg, paths)
     paths.root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, paths.root / "config.yaml")
     stages = [

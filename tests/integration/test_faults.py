@@ -27,10 +27,13 @@ class KillWorkerMidStep:
     def __init__(self, group, kill_step: int, index: int) -> None:
         self.group, self.kill_step, self.index = group, kill_step, index
 
-    def generate(self, records, samples_per_prompt, step):
+    def submit(self, records, samples_per_prompt, step):
         refs = self.group.submit(records, samples_per_prompt, step)
         if step == self.kill_step:
             ray.kill(self.group.workers[self.index], no_restart=False)
+        return refs
+
+    def collect(self, refs):
         return self.group.collect(refs)
 
 

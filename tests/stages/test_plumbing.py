@@ -1,5 +1,7 @@
 """Run-directory plumbing: atomic outputs, the prompt stream, rollout joins and metrics, text metrics."""
 
+from pathlib import Path
+
 import pyarrow as pa
 import pytest
 import torch
@@ -93,3 +95,29 @@ def test_text_metrics_hand_worked():
 def test_text_metrics_reject_mismatched_lists():
     with pytest.raises(ValueError):
         text_metrics(["a"], [])
+
+
+def test_train_refuses_a_run_dir_made_with_another_config(tmp_path):
+    from mmrlhf.config import load_config, save_config
+    from mmrlhf.stages.common import RunPaths
+    from mmrlhf.stages.train import check_same_run
+
+    first = load_config(None, [f"run_dir={tmp_path}"])
+    check_same_run(first, RunPaths(tmp_path))  # a new run directory: nothing to compare
+    save_config(first, tmp_path / "config.yaml")
+    check_same_run(load_config(None, [f"run_dir={tmp_path}", "rl.steps=80"]), RunPaths(tmp_path))  # resumable
+    with pytest.raises(ValueError, match=r"rl.algorithm: run 'sac', now 'ppo'.*rl.lr: run 0.0001, now 0.0002"):
+        check_same_run(load_config(None, [f"run_dir={tmp_path}", "rl.algorithm=ppo", "rl.lr=2e-4"]),
+                       RunPaths(tmp_path))
+
+
+def test_policy_path_names_a_missing_local_folder_but_passes_hub_ids(tmp_path):
+    from mmrlhf.config import load_config
+    from mmrlhf.stages.common import policy_path
+
+    cfg = load_config(None, [f"run_dir={tmp_path}"])
+    for missing in (str(tmp_path / "nope"), "./nope", "runs/x/rl/policy"):
+        with pytest.raises(FileNotFoundError, match="no policy folder at"):
+            policy_path(cfg, missing)
+    assert policy_path(cfg, "llava-hf/llava-1.5-7b-hf") == Path("llava-hf/llava-1.5-7b-hf")
+    assert policy_path(cfg, str(tmp_path)) == tmp_path

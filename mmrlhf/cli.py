@@ -132,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as exc:
         print(f"mmrlhf: config error: {exc}", file=sys.stderr)
         return 2
-    return args.fn(cfg, args) or 0
+    try:
+        return args.fn(cfg, args) or 0
+    except ConfigError as exc:  # a stage the config rules out, e.g. simulated feedback without a gold score
+        print(f"mmrlhf {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

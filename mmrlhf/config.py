@@ -48,7 +48,7 @@ class DataConfig:
     ``source="digits"`` builds the default from scikit-learn's scans; ``"manifest"``,
     ``"coco"`` and ``"llava"`` read a user's files (``path``; ``image_dir`` for COCO/LLaVA).
     ``max_image_pixels`` is the decompression-bomb cap (pixels); image URLs are refused unless
-    ``allow_urls``.
+    ``allow_urls``. ``n_sft`` … ``n_test`` and the digit settings apply to the digits task only.
     """
 
     source: str = "digits"
@@ -67,11 +67,21 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _choice("data.source", self.source, ("digits", "manifest", "coco", "llava"))
-        _check(self.source == "digits" or bool(self.path), "data.path", "a file path for this source", self.path)
+        _check(self.source == "digits" or bool(self.path), "data.path",
+               f"the data file to read with data.source={self.source}", self.path)
+        _check(self.source not in ("coco", "llava") or bool(self.image_dir), "data.image_dir",
+               f"the folder of the images that data.source={self.source} names", self.image_dir)
         _check(1 <= self.min_digits <= self.max_digits, "data.min_digits",
                f"1 <= min_digits <= max_digits ({self.max_digits})", self.min_digits)
         for name in ("n_sft", "n_feedback", "n_val", "n_test", "max_image_pixels", "canvas"):
             _positive(f"data.{name}", getattr(self, name))
+
+    @property
+    def has_gold_score(self) -> bool:
+        """Whether responses can be scored against an oracle: only the digits task has one
+        (:func:`mmrlhf.data.digits.gold_score`), so only it gets the ``gold`` metrics and the
+        simulated annotator; other data gets human preferences (``mmrlhf feedback import``)."""
+        return self.source == "digits"
 
 
 @dataclass

@@ -108,7 +108,8 @@ def _fetch_url(url: str, record_id: str, allow_urls: bool) -> bytes:
     """GET `url` with urllib when allowed; errors as in `read_image_source`."""
     if not allow_urls:
         raise ImageDecodeError(
-            record_id, f"image {url} is a URL; remote images are refused unless allow_urls=True"
+            record_id,
+            f"image {url} is a URL; remote images are refused unless data.allow_urls=true",
         )
     try:
         with urllib.request.urlopen(url, timeout=_URL_TIMEOUT_S) as response:

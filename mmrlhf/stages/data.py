@@ -34,22 +34,43 @@ def digits_spec(cfg: DataConfig) -> DigitsSpec:
 
 
 def _read_user_records(cfg: DataConfig) -> pa.Table:
+    """The usable records of the user's file, skipped ones logged.
+
+    Raises:
+        ValueError: no record is usable (names the file and how many were read and skipped).
+    """
+    options = {"max_pixels": cfg.max_image_pixels, "allow_urls": cfg.allow_urls}
     readers = {
-        "manifest": lambda: formats.read_manifest(cfg.path, max_pixels=cfg.max_image_pixels, allow_urls=cfg.allow_urls),
-        "coco": lambda: formats.read_coco_captions(cfg.image_dir, cfg.path, max_pixels=cfg.max_image_pixels),
-        "llava": lambda: formats.read_llava_json(cfg.path, cfg.image_dir, max_pixels=cfg.max_image_pixels),
+        "manifest": lambda: formats.read_manifest(cfg.path, **options),
+        "coco": lambda: formats.read_coco_captions(cfg.image_dir, cfg.path, **options),
+        "llava": lambda: formats.read_llava_json(cfg.path, cfg.image_dir, **options),
     }
     table, report = readers[cfg.source]()
     for record_id, reason in report.skipped:
         log.warning("skipped record %s: %s", record_id, reason)
     print(f"data: read {report.n_read} records from {cfg.path}, skipped {report.n_skipped}")
+    if table.num_rows == 0:
+        raise ValueError(f"{cfg.path}: no usable record (read {report.n_read}, skipped {report.n_skipped}; "
+                         "the reasons are logged above)")
     return table
 
 
-def _split_user_records(table: pa.Table, seed: int) -> dict[str, pa.Table]:
+def _split_user_records(table: pa.Table, seed: int, path: str) -> dict[str, pa.Table]:
+    """Split ``table`` by a seeded permutation into SPLITS at ``_USER_FRACTIONS`` (rounded).
+
+    Raises:
+        ValueError: a split would be empty (names it, the record count and every split's size).
+    """
     order = np.random.default_rng(seed).permutation(table.num_rows)
     bounds = np.cumsum([0, *(int(round(f * table.num_rows)) for f in _USER_FRACTIONS[:-1]), table.num_rows])
     bounds[-1] = table.num_rows
+    sizes = dict(zip(SPLITS, np.diff(bounds).tolist()))
+    empty = [name for name, size in sizes.items() if size == 0]
+    if empty:
+        counts = ", ".join(f"{name} {size}" for name, size in sizes.items())
+        shares = "/".join(f"{100 * f:g}" for f in _USER_FRACTIONS)
+        raise ValueError(f"{path}: {table.num_rows} usable records leave no record for split {', '.join(empty)} "
+                         f"({counts}; the splits take {shares}% of the records): add records")
     out = {}
     for name, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:]):
         part = table.take(pa.array(np.sort(order[lo:hi])))
@@ -62,8 +83,12 @@ def prepare_data(cfg: RunConfig, force: bool = False) -> dict[str, Path]:
 
     Skips the work when all four files exist, unless ``force``.
 
+    A user's records are split by a permutation seeded with ``data.seed``: 25/45/10/20% to
+    sft/feedback/val/test (``_USER_FRACTIONS``). Nothing is written when a check fails.
+
     Raises:
-        ValueError: a malformed user manifest (names the record and field).
+        ValueError: a malformed user manifest (names the record and field); no usable record in
+            it, or too few for every split to get one (names the file and the counts).
         FileNotFoundError: the user's data file is missing.
     """
     paths = RunPaths(cfg.run_dir)
@@ -73,7 +98,7 @@ def prepare_data(cfg: RunConfig, force: bool = False) -> dict[str, Path]:
     if cfg.data.source == "digits":
         written = write_digits(digits_spec(cfg.data), paths.data)
         return {name: Path(written[name]) for name in SPLITS}
-    for name, part in _split_user_records(_read_user_records(cfg.data), cfg.data.seed).items():
+    for name, part in _split_user_records(_read_user_records(cfg.data), cfg.data.seed, cfg.data.path).items():
         write_table(part, out[name], RECORD_SCHEMA)
     return out
 

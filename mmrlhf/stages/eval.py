@@ -1,7 +1,8 @@
 """Stage 6, eval: held-out exact match, BLEU, ROUGE-L, reward-model score and gold score.
 
 BLEU is sacrebleu's corpus BLEU (Post 2018), ROUGE-L the F-measure of Google's rouge-score
-(Lin 2004); exact match and the gold score come from the task (``mmrlhf.data.digits``).
+(Lin 2004); exact match and the gold score come from ``mmrlhf.data.digits``, the gold score only
+for the digits task (:attr:`mmrlhf.config.DataConfig.has_gold_score`).
 Greedy decoding. Writes ``metrics.json`` and the samples for human review as Parquet and CSV.
 """
 
@@ -62,7 +63,7 @@ def run_eval(cfg: RunConfig, policy: str = "sft") -> dict[str, float]:
 
     Writes ``<run_dir>/eval/<label>/{metrics.json,samples.parquet,samples.csv}`` and returns
     the metrics: ``exact_match``, ``bleu``, ``rouge_l`` (percent), ``gold`` (mean gold score,
-    0–1), ``reward`` (mean reward-model score, when a reward model was trained).
+    0–1, digits task only), ``reward`` (mean reward-model score, when a reward model was trained).
 
     Raises:
         FileNotFoundError: the policy to evaluate has not been trained yet.
@@ -78,9 +79,10 @@ def run_eval(cfg: RunConfig, policy: str = "sft") -> dict[str, float]:
     texts = greedy_responses(model, processor, images, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens)
 
     metrics = text_metrics(texts, references)
-    gold = [gold_score(t, r) for t, r in zip(texts, references)]
-    metrics["gold"] = float(np.mean(gold))
-    columns = {"id": table.column("id"), "prompt": prompts, "reference": references, "response": texts, "gold": gold}
+    columns = {"id": table.column("id"), "prompt": prompts, "reference": references, "response": texts}
+    if cfg.data.has_gold_score:
+        columns["gold"] = [gold_score(t, r) for t, r in zip(texts, references)]
+        metrics["gold"] = float(np.mean(columns["gold"]))
     if (paths.reward_model / "config.json").exists():
         rewards = RewardScorer.from_pretrained(paths.reward_model).score(images, texts)
         metrics["reward"] = float(np.mean(rewards))

@@ -3,7 +3,8 @@
 For ``feedback.n_prompts`` records of the unlabeled feedback pool the SFT policy samples K
 responses; :mod:`mmrlhf.feedback.simulated` compares them by gold score with Bradley–Terry
 noise (Christiano et al. 2017). Pairs go to ``<run_dir>/feedback/pairs.parquet``; people's
-judgements reach the same file through :mod:`mmrlhf.stages.feedback_import`.
+judgements reach the same file through :mod:`mmrlhf.stages.feedback_import`, the only way for
+data other than the digits task, which alone has a gold score.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mmrlhf.config import RunConfig
+from mmrlhf.config import ConfigError, RunConfig
 from mmrlhf.data.digits import gold_score
 from mmrlhf.data.schema import PREFERENCE_SCHEMA, write_table
 from mmrlhf.feedback.simulated import simulate_preferences
@@ -23,6 +24,8 @@ from mmrlhf.stages.common import RunPaths, policy_path, seed_everything
 from mmrlhf.stages.data import decode_images, load_split, prepare_data
 
 _PROMPTS_PER_BATCH = 16
+NO_GOLD_SCORE = ("the simulated annotator needs the digits task's gold score (data.source=digits); for your own "
+                 "data import human judgements with `mmrlhf feedback import FILE --kind pairwise|ranking|rating`")
 
 
 @torch.no_grad()
@@ -30,9 +33,12 @@ def run_feedback_simulation(cfg: RunConfig) -> int:
     """Sample, ask the simulated annotator, write the pairs; returns the number of pairs.
 
     Raises:
+        ConfigError: the data has no gold score (not the digits task), before anything is loaded.
         FileNotFoundError: no SFT policy yet (run ``mmrlhf sft``).
         ValueError: the simulated annotator produced no pair (every sample tied).
     """
+    if not cfg.data.has_gold_score:
+        raise ConfigError(f"data.source={cfg.data.source}: {NO_GOLD_SCORE}")
     fb = cfg.feedback
     generator = seed_everything(cfg.seed + 1)
     rng = np.random.default_rng(cfg.seed + 1)

@@ -53,7 +53,7 @@ def test_jsonl_manifest_keeps_good_records_and_reports_broken_images(tmp_path, i
     assert "not a recognised image format" in reasons["bad"]
     assert "empty" in reasons["zero"]
     assert "missing.png not found" in reasons["lost"]
-    assert "allow_urls" in reasons["web"]
+    assert "refused unless data.allow_urls=true" in reasons["web"]
 
 
 def test_parquet_manifest_accepts_image_bytes_or_paths(tmp_path, images):

@@ -97,7 +97,7 @@ def test_missing_file_names_record_and_path(tmp_path):
 
 
 def test_urls_are_refused_unless_allowed():
-    with pytest.raises(ImageDecodeError, match="record r4: .*refused unless allow_urls=True"):
+    with pytest.raises(ImageDecodeError, match="record r4: .*refused unless data.allow_urls=true"):
         read_image_source("https://example.com/cat.jpg", "r4")
 
 

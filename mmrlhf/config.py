@@ -75,6 +75,9 @@ class DataConfig:
                f"1 <= min_digits <= max_digits ({self.max_digits})", self.min_digits)
         for name in ("n_sft", "n_feedback", "n_val", "n_test", "max_image_pixels", "canvas"):
             _positive(f"data.{name}", getattr(self, name))
+        # each digit keeps at least its scanned 8 px (mmrlhf.data.digits.DigitsSpec)
+        _check(self.source != "digits" or self.canvas >= 8 * self.max_digits, "data.canvas",
+               f"an integer >= 8 * data.max_digits ({8 * self.max_digits})", self.canvas)
 
     @property
     def has_gold_score(self) -> bool:

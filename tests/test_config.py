@@ -41,6 +41,7 @@ def test_every_job_config_loads(path):
         (["rl.asynchronous=true"], ["rl.max_policy_lag", ">= 1 with rl.asynchronous"]),
         (["rl.tis_cap=0.5"], ["rl.tis_cap", ">= 1"]),
         (["rl.lr=inf"], ["rl.lr", "finite"]),
+        (["data.canvas=4"], ["data.canvas", ">= 8 * data.max_digits"]),
         (["rl.kl_coef=-1"], ["rl.kl_coef", ">= 0"]),
         (["rl.clip_eps=-0.5"], ["rl.clip_eps", "> 0"]),
         (["eval.batch_size=0"], ["eval.batch_size", "> 0"]),

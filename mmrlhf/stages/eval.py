@@ -68,9 +68,10 @@ def run_eval(cfg: RunConfig, policy: str = "sft") -> dict[str, float]:
     Raises:
         FileNotFoundError: the policy to evaluate has not been trained yet.
     """
+    path = policy_path(cfg, policy)  # a missing policy is named before any data is built
     prepare_data(cfg)
     paths = RunPaths(cfg.run_dir)
-    model, processor = load_policy(str(policy_path(cfg, policy)))
+    model, processor = load_policy(str(path))
     model.eval()
     table = load_split(cfg, cfg.eval.split)
     images = decode_images(table, cfg.data.max_image_pixels)

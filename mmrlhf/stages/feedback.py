@@ -42,8 +42,9 @@ def run_feedback_simulation(cfg: RunConfig) -> int:
     fb = cfg.feedback
     generator = seed_everything(cfg.seed + 1)
     rng = np.random.default_rng(cfg.seed + 1)
+    sft = policy_path(cfg, "sft")  # a missing SFT policy is named before any data is built
     prepare_data(cfg)
-    model, processor = load_policy(str(policy_path(cfg, "sft")))
+    model, processor = load_policy(str(sft))
     model.eval()
     table = load_split(cfg, "feedback").slice(0, fb.n_prompts)
     images = decode_images(table, cfg.data.max_image_pixels)

@@ -194,7 +194,7 @@ def run_rl(cfg: RunConfig, resume: bool = False) -> list[dict[str, float]]:
 
             def on_step(step: int, metrics: dict[str, float], rollout) -> None:
                 golds = [gold_score(t, system.references[p]) for t, p in zip(rollout.texts, rollout.prompt_ids)
-                         if cfg.data.has_gold_score and system.references.get(p)]
+                         if system.references.get(p)] if cfg.data.has_gold_score else []
                 if golds:
                     metrics["rollout/gold"] = sum(golds) / len(golds)
                 metrics["step"] = step

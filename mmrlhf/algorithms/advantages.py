@@ -9,8 +9,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mmrlhf.algorithms.masked import masked_sum
-
 
 def token_rewards(scores: Tensor, kl: Tensor, response_mask: Tensor, kl_coef: float) -> Tensor:
     """Per-token reward: KL penalty on every real token, sequence score on the last one.
@@ -66,28 +64,52 @@ def gae(
     return advantages, (advantages + values).masked_fill(~mask, 0)
 
 
+def group_score_range(scores: Tensor, group_ids: Tensor) -> Tensor:
+    """Max - min of each sample's group scores over the scored samples, broadcast back: (B,).
+
+    scores: (B,) sequence scores, NaN for an unscored sample; group_ids: (B,) integer group id.
+    In score units; 0 for a group of one scored sample, of equal scores, or of no scored ones.
+    """
+    scored = ~torch.isnan(scores)
+    groups, inverse = torch.unique(group_ids, return_inverse=True)  # (G,), (B,) in 0..G-1
+    inf = torch.full_like(scores, float("inf"))
+    zeros = scores.new_zeros(groups.numel())
+    g_max = zeros.scatter_reduce(0, inverse, torch.where(scored, scores, -inf), reduce="amax", include_self=False)
+    g_min = zeros.scatter_reduce(0, inverse, torch.where(scored, scores, inf), reduce="amin", include_self=False)
+    return (g_max - g_min).clamp(min=0)[inverse]  # a group with no scored sample: -inf - inf
+
+
+def group_statistics(scores: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Each sample's group statistics over the group's scored samples, broadcast back to rows.
+
+    scores: (B,) sequence scores, NaN for an unscored sample. group_ids: (B,) integer id of each
+    response's group (e.g. the prompt it answers). Returns three (B,) tensors:
+    centered = score - group mean (NaN where the score is NaN; exactly 0 in a group whose
+    scored samples are all equal, including a group of one), count = the number of scored
+    samples in the group, std = the group's unbiased (Bessel) std, 0 for a group of one.
+    Unscored samples are left out of every statistic.
+    """
+    scored = ~torch.isnan(scores)
+    groups, inverse = torch.unique(group_ids, return_inverse=True)  # (G,), (B,) in 0..G-1
+    zeros = scores.new_zeros(groups.numel())
+    counts = zeros.index_add(0, inverse, scored.to(scores.dtype))
+    mean = zeros.index_add(0, inverse, scores.where(scored, 0.0)) / counts.clamp(min=1)  # (G,)
+    centered = scores - mean[inverse]  # NaN stays NaN
+    sum_sq = zeros.index_add(0, inverse, centered.where(scored, 0.0).square())
+    std = torch.sqrt(sum_sq / (counts - 1).clamp(min=1))  # (G,)
+    # Rounding leaves |centered| ~ 1e-8 in a constant group, which eps would not hide in float32.
+    constant = (group_score_range(scores, group_ids) == 0) & scored
+    centered = torch.where(constant, torch.zeros_like(scores), centered)
+    return centered, counts[inverse], std[inverse]
+
+
 def group_normalized_scores(scores: Tensor, group_ids: Tensor, eps: float = 1e-6) -> Tensor:
     """Group baseline: (score - group mean) / (group std + eps) (Shao et al. 2024, GRPO).
 
     scores: (B,) sequence scores. group_ids: (B,) integer id of each response's group (e.g. the
     prompt it answers). std is unbiased (Bessel). Returns (B,). A group whose scores are all
     equal, including a group of one, gives exactly 0 (no NaN). A NaN score (an unscored
-    sample) stays NaN and is left out of its group's statistics.
+    sample) stays NaN and is left out of its group's statistics (see `group_statistics`).
     """
-    scored = ~torch.isnan(scores)
-    if not scored.all():
-        out = scores.clone()
-        out[scored] = group_normalized_scores(scores[scored], group_ids[scored], eps)
-        return out
-    groups, inverse = torch.unique(group_ids, return_inverse=True)  # (G,), (B,) in 0..G-1
-    zeros = scores.new_zeros(groups.numel())
-    counts = zeros.index_add(0, inverse, torch.ones_like(scores))
-    mean = zeros.index_add(0, inverse, scores) / counts  # (G,)
-    centered = scores - mean[inverse]
-    sum_sq = zeros.index_add(0, inverse, centered.square())
-    std = torch.sqrt(sum_sq / (counts - 1).clamp(min=1))  # (G,)
-    # Rounding leaves |centered| ~ 1e-8 in a constant group, which eps would not hide in float32.
-    g_max = zeros.scatter_reduce(0, inverse, scores, reduce="amax", include_self=False)
-    g_min = zeros.scatter_reduce(0, inverse, scores, reduce="amin", include_self=False)
-    constant = (g_max == g_min)[inverse]
-    return torch.where(constant, torch.zeros_like(scores), centered / (std[inverse] + eps))
+    centered, _, std = group_statistics(scores, group_ids)
+    return centered / (std + eps)

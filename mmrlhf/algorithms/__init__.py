@@ -1,9 +1,26 @@
-"""Pure-torch RLHF math: masked reductions, preference, KL, advantages, PPO and SAC losses.
+"""Pure-torch RLHF math: masked reductions, preference, KL, advantages (GAE and critic-free
+estimators), PPO and SAC losses.
 
 Nothing here imports ray, deepspeed or torch.distributed; callers reduce across ranks.
 """
 
-from mmrlhf.algorithms.advantages import gae, group_normalized_scores, token_rewards
+from mmrlhf.algorithms.advantages import (
+    gae,
+    group_normalized_scores,
+    group_score_range,
+    group_statistics,
+    token_rewards,
+)
+from mmrlhf.algorithms.estimators import (
+    ESTIMATORS,
+    dr_grpo_advantages,
+    get_estimator,
+    grpo_advantages,
+    informative_groups,
+    register_estimator,
+    reinforce_pp_advantages,
+    rloo_advantages,
+)
 from mmrlhf.algorithms.kl import (
     KL_ESTIMATORS,
     AdaptiveKLController,
@@ -31,15 +48,22 @@ from mmrlhf.algorithms.sac import (
 )
 
 __all__ = [
+    "ESTIMATORS",
     "KL_ESTIMATORS",
     "AdaptiveKLController",
     "FixedKLController",
     "bradley_terry_loss",
     "bradley_terry_prob",
+    "dr_grpo_advantages",
     "entropy_bonus",
     "entropy_from_logits",
     "gae",
+    "get_estimator",
     "group_normalized_scores",
+    "group_score_range",
+    "group_statistics",
+    "grpo_advantages",
+    "informative_groups",
     "kl_estimate",
     "logprobs_from_logits",
     "masked_mean",
@@ -50,6 +74,9 @@ __all__ = [
     "policy_loss",
     "ppo_loss",
     "reduce_tokens",
+    "register_estimator",
+    "reinforce_pp_advantages",
+    "rloo_advantages",
     "sac_actor_loss",
     "sac_critic_loss",
     "sac_loss",

@@ -46,25 +46,34 @@ def policy_loss(
     clip_eps: float = 0.2,
     normalizer: float | Tensor | None = None,
     is_weights: Tensor | None = None,
+    clip_eps_high: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped surrogate objective, as a loss to minimise (Schulman et al. 2017, eq. 7).
 
     logprobs: (B, R) current policy log-probs in nats (with grad); old_logprobs: (B, R) the
     policy's before the update; advantages: (B, R); response_mask: (B, R). clip_eps: epsilon
-    of the ratio clip. normalizer: see module docstring. is_weights: (B, R) per-token weights
-    (no grad) for tokens sampled by another policy, from :func:`truncated_importance_weights`;
-    None weighs every token 1 (the samples came from the old policy itself).
+    of the ratio clip. clip_eps_high: upper epsilon, so the ratio is clipped to
+    [1 - clip_eps, 1 + clip_eps_high] (DAPO's "clip-higher", Yu et al. 2025, sec. 3.1); None
+    uses clip_eps on both sides. normalizer: see module docstring (a given token count makes
+    this a global token mean, with no per-sequence length normalisation). is_weights: (B, R)
+    per-token weights (no grad) for tokens sampled by another policy, from
+    :func:`truncated_importance_weights`; None weighs every token 1 (the samples came from the
+    old policy itself).
     Returns (loss: scalar, {"ppo/clipfrac": fraction of tokens where the clip is active,
     "ppo/approx_kl": k3 estimate of KL(old || new) in nats, "ppo/ratio_mean"}, plus
-    "ppo/is_weight_mean" when is_weights is given).
+    "ppo/is_weight_mean" when is_weights is given). Raises ValueError for clip_eps_high < 0.
     """
+    if clip_eps_high is None:
+        clip_eps_high = clip_eps
+    elif clip_eps_high < 0:
+        raise ValueError(f"policy_loss: clip_eps_high={clip_eps_high}, must be >= 0 (or None)")
     mask = response_mask.bool()
     # Zeroing the log-ratio on padding keeps exp() finite there, so gradients stay finite.
     log_ratio = (logprobs - old_logprobs).masked_fill(~mask, 0)
     ratio = torch.exp(log_ratio)
-    # ALGO: L = -min(r A, clip(r, 1 - eps, 1 + eps) A) = max(-r A, -clip(r) A)
+    # ALGO: L = -min(r A, clip(r, 1 - eps, 1 + eps_high) A) = max(-r A, -clip(r) A)
     unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
+    clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps_high)
     per_token = torch.maximum(unclipped, clipped)
     if is_weights is not None:
         per_token = is_weights.detach() * per_token  # ALGO: decoupled PPO, truncated IS weight
@@ -134,6 +143,7 @@ def ppo_loss(
     entropy: Tensor | None = None,
     is_weights: Tensor | None = None,
     clip_eps: float = 0.2,
+    clip_eps_high: float | None = None,
     value_clip_eps: float = 0.2,
     vf_coef: float = 0.5,
     ent_coef: float = 0.0,
@@ -143,7 +153,7 @@ def ppo_loss(
 
     All tensors (B, R). `values`, `old_values`, `returns` go together: omit all three for a
     critic-free run (e.g. group-normalised advantages); `entropy` and `is_weights` (see
-    `policy_loss`) are optional. Raises
+    `policy_loss`) are optional; `clip_eps_high` is `policy_loss`'s upper ratio clip. Raises
     ValueError if only some of the value tensors are given.
     Returns (loss: scalar, metrics of `policy_loss` and `value_loss` plus "ppo/policy_loss",
     "value/loss" and "ppo/entropy" where computed, and "ppo/total_loss").
@@ -152,7 +162,7 @@ def ppo_loss(
     if any(given) and not all(given):
         raise ValueError("ppo_loss: give `values`, `old_values` and `returns` together, or none")
     loss, metrics = policy_loss(
-        logprobs, old_logprobs, advantages, response_mask, clip_eps, normalizer, is_weights
+        logprobs, old_logprobs, advantages, response_mask, clip_eps, normalizer, is_weights, clip_eps_high
     )
     metrics["ppo/policy_loss"] = loss.detach()
     if values is not None:

@@ -38,6 +38,12 @@ def real_tokens(lengths):
     return [(b, t) for b, n in enumerate(lengths) for t in range(n)]
 
 
+def reference_policy_term(ratio, adv, eps_low=0.2, eps_high=0.2):
+    """-min(r A, clip(r, 1 - eps_low, 1 + eps_high) A) and whether the clipped side is the larger loss."""
+    clip_ratio = min(max(ratio, 1 - eps_low), 1 + eps_high)
+    return -min(ratio * adv, clip_ratio * adv), -clip_ratio * adv > -ratio * adv
+
+
 def test_policy_loss_matches_reference_loop():
     batch = random_batch(0)
     loss, metrics = policy_loss(
@@ -47,9 +53,9 @@ def test_policy_loss_matches_reference_loop():
     for b, t in real_tokens(LENGTHS):
         log_ratio = batch["logprobs"][b, t].item() - batch["old_logprobs"][b, t].item()
         ratio, adv = math.exp(log_ratio), batch["advantages"][b, t].item()
-        clip_ratio = min(max(ratio, 0.8), 1.2)
-        terms.append(-min(ratio * adv, clip_ratio * adv))
-        clipped += -clip_ratio * adv > -ratio * adv
+        term, is_clipped = reference_policy_term(ratio, adv)
+        terms.append(term)
+        clipped += is_clipped
         kls.append((ratio - 1) - log_ratio)
         ratios.append(ratio)
     n = len(terms)
@@ -76,6 +82,33 @@ def test_value_loss_matches_reference_loop():
     assert_close(metrics["value/clipfrac"], torch.tensor(clipped / n, dtype=torch.float64))
     mean_value = sum(batch["values"][b, t].item() for b, t in real_tokens(LENGTHS)) / n
     assert_close(metrics["value/mean"], torch.tensor(mean_value, dtype=torch.float64))
+
+
+def test_clip_eps_high_clips_ratio_to_asymmetric_range_like_reference_loop():
+    batch = random_batch(6)
+    args = (batch["logprobs"], batch["old_logprobs"], batch["advantages"], batch["response_mask"])
+    loss, metrics = policy_loss(*args, clip_eps=0.2, clip_eps_high=0.28)
+    terms, clipped, between, above, below = [], 0, 0, 0, 0
+    for b, t in real_tokens(LENGTHS):
+        ratio = math.exp(batch["logprobs"][b, t].item() - batch["old_logprobs"][b, t].item())
+        adv = batch["advantages"][b, t].item()
+        term, is_clipped = reference_policy_term(ratio, adv, eps_low=0.2, eps_high=0.28)
+        terms.append(term)
+        clipped += is_clipped
+        between += 1.2 < ratio < 1.28 and adv > 0  # clipped only by the symmetric range
+        above += ratio > 1.28 and adv > 0
+        below += ratio < 0.8 and adv < 0
+    n = len(terms)
+    assert_close(loss, torch.tensor(sum(terms) / n, dtype=torch.float64))
+    assert_close(metrics["ppo/clipfrac"], torch.tensor(clipped / n, dtype=torch.float64))
+    assert between > 0 and above > 0 and below > 0  # the example tells the two ranges apart
+    symmetric, _ = policy_loss(*args, clip_eps=0.2)
+    assert not torch.isclose(loss, symmetric)
+    assert_close(policy_loss(*args, clip_eps=0.2, clip_eps_high=0.2)[0], symmetric)
+    full, _ = ppo_loss(*args, clip_eps=0.2, clip_eps_high=0.28)
+    assert_close(full, loss)
+    with pytest.raises(ValueError, match="clip_eps_high=-0.1"):
+        policy_loss(*args, clip_eps_high=-0.1)
 
 
 def test_policy_and_value_loss_hand_worked():
@@ -153,7 +186,7 @@ def test_policy_loss_with_importance_weights_matches_reference_loop():
     for b, t in real_tokens(LENGTHS):
         ratio = math.exp(batch["logprobs"][b, t].item() - batch["old_logprobs"][b, t].item())
         adv = batch["advantages"][b, t].item()
-        terms.append(-weights[b, t].item() * min(ratio * adv, min(max(ratio, 0.8), 1.2) * adv))
+        terms.append(weights[b, t].item() * reference_policy_term(ratio, adv)[0])
     assert_close(loss, torch.tensor(sum(terms) / len(terms), dtype=torch.float64))
     assert_close(metrics["ppo/is_weight_mean"], (weights * mask).sum() / mask.sum())
     unweighted, _ = policy_loss(batch["logprobs"], batch["old_logprobs"], batch["advantages"], mask, 0.2)

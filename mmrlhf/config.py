@@ -21,6 +21,9 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 
 RAY_PREDEFINED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+# "gae" (PPO's value model) and the critic-free estimators of mmrlhf.algorithms.estimators (a test
+# keeps the two lists equal; named here so loading a config does not import torch)
+ADVANTAGE_ESTIMATORS = ("gae", "grpo", "dr_grpo", "rloo", "reinforce_pp")
 
 
 class ConfigError(ValueError):
@@ -230,6 +233,14 @@ class RLConfig:
     ``score_normalization`` of the reward-model scores before the update: ``"group"`` subtracts the
     mean of the prompt's samples and divides by their std (GRPO's group baseline, Shao et al.
     2024), ``"batch"`` whitens over the step's samples, ``"none"`` keeps the raw scores.
+    ``advantage_estimator`` (PPO only): ``"gae"`` uses the value model; ``"grpo"``, ``"dr_grpo"``,
+    ``"rloo"`` and ``"reinforce_pp"`` are critic-free (:mod:`mmrlhf.algorithms.estimators`): no
+    value head, advantages from the raw scores of each prompt's samples (``score_normalization``
+    does not apply), and the KL leash is a loss term ``kl_coef * k3(π‖π_ref)`` per token (GRPO,
+    Shao et al. 2024, eq. 3) instead of a reward penalty. ``clip_eps_high`` clips the ratio from
+    above at ``1 + clip_eps_high`` (DAPO's clip-higher; None: ``clip_eps``). ``dynamic_sampling``
+    (DAPO, Yu et al. 2025) drops the prompts whose samples all scored alike and generates up to
+    ``dynamic_sampling_tries`` more batches of prompts to refill the step.
     A checkpoint is written every ``checkpoint_every`` steps (0: only after the last step) and
     the newest ``keep_checkpoints`` are kept (see :mod:`mmrlhf.checkpoint`).
     """
@@ -261,6 +272,10 @@ class RLConfig:
     tis_cap: float = 2.0
     freeze_vision_tower: bool = True
     score_normalization: str = "group"
+    advantage_estimator: str = "gae"
+    clip_eps_high: Optional[float] = None
+    dynamic_sampling: bool = False
+    dynamic_sampling_tries: int = 3
     sac_tau: float = 0.05
     sac_updates_per_step: int = 4
     replay_capacity: int = 1024
@@ -272,6 +287,12 @@ class RLConfig:
         _choice("rl.zero_stage", self.zero_stage, (0, 1, 2, 3))
         _choice("rl.kl_estimator", self.kl_estimator, ("k1", "k2", "k3"))
         _choice("rl.score_normalization", self.score_normalization, ("none", "batch", "group"))
+        _choice("rl.advantage_estimator", self.advantage_estimator, ADVANTAGE_ESTIMATORS)
+        _check(self.algorithm == "ppo" or self.advantage_estimator == "gae", "rl.advantage_estimator",
+               "gae with rl.algorithm=sac (the estimators are PPO's)", self.advantage_estimator)
+        _check(self.clip_eps_high is None or (math.isfinite(self.clip_eps_high) and self.clip_eps_high > 0),
+               "rl.clip_eps_high", "a finite number > 0, or null for rl.clip_eps", self.clip_eps_high)
+        _positive("rl.dynamic_sampling_tries", self.dynamic_sampling_tries, zero_ok=True)
         for name in ("steps", "prompts_per_step", "rollout_workers", "learner_ranks", "ppo_epochs",
                      "minibatch_size", "lr", "temperature", "max_new_tokens", "sac_updates_per_step",
                      "replay_capacity"):
@@ -290,6 +311,12 @@ class RLConfig:
             _positive(f"rl.{name}", getattr(self, name))
         for name in ("kl_coef", "vf_coef", "ent_coef"):
             _positive(f"rl.{name}", getattr(self, name), zero_ok=True)
+
+
+    @property
+    def critic_free(self) -> bool:
+        """PPO with a critic-free advantage estimator: no value head, no GAE."""
+        return self.algorithm == "ppo" and self.advantage_estimator != "gae"
 
 
 @dataclass

@@ -15,6 +15,8 @@ from typing import Callable
 import torch
 
 from mmrlhf.config import RLConfig
+from mmrlhf.metrics import PhaseTimer
+from mmrlhf.rollout.dynamic import fill_informative
 from mmrlhf.types import Rollout
 
 
@@ -64,28 +66,55 @@ def train_loop(rl: RLConfig, prompts, rollout_group, learner_group, weight_sync,
     ``checkpoint(steps_done)`` runs after every ``rl.checkpoint_every`` steps and after the last.
     With ``rl.asynchronous`` the batch of step s+1 is generated (with policy version s) during
     the update of step s, except after a checkpointed step: a resume then starts the same way
-    as the uninterrupted run went on, with freshly published weights.
+    as the uninterrupted run went on, with freshly published weights. With ``rl.dynamic_sampling``
+    prompts whose samples all scored alike are replaced by fresh ones (:mod:`mmrlhf.rollout.dynamic`);
+    a step that finds none worth training on skips its update (``rollout/skipped_update``).
+
+    Every step's metrics carry the wall seconds of its phases: ``time/rollout`` (waiting for
+    generation and scoring), ``time/experience``, ``time/update``, ``time/sync``, and
+    ``time/checkpoint`` (the checkpoint written after the previous step, 0 if none).
     """
     def checkpointed(done: int) -> bool:
         return checkpoint is not None and (done == rl.steps or bool(rl.checkpoint_every) and done % rl.checkpoint_every == 0)
 
+    def more(step: int) -> Callable[[], Rollout]:
+        return lambda: rollout_group.collect(rollout_group.submit(prompts.next_batch(), rl.samples_per_prompt, step))
+
     pending = None  # rollout refs of a step submitted ahead (asynchronous mode)
+    checkpoint_seconds = 0.0
     for step in range(start_step, rl.steps):
-        start = time.perf_counter()
-        if pending is None:
-            pending = rollout_group.submit(prompts.next_batch(), rl.samples_per_prompt, step)
-        rollout = rollout_group.collect(pending)                                  # scored by Serve
+        timer = PhaseTimer()
+        with timer("time/rollout"):
+            if pending is None:
+                pending = rollout_group.submit(prompts.next_batch(), rl.samples_per_prompt, step)
+            rollout = rollout_group.collect(pending)                              # scored by Serve
         done = step + 1
         overlap = rl.asynchronous and done < rl.steps and not checkpointed(done)
         pending = rollout_group.submit(prompts.next_batch(), rl.samples_per_prompt, done) if overlap else None
         check_policy_lag(rollout, step, rl.max_policy_lag)
         metrics = rollout_metrics(rollout, policy_version=step)
-        metrics |= learner_group.make_experience(rollout, kl_controller.value)  # PPO: GAE advantages; SAC: replay rows
-        metrics |= learner_group.update()                                         # PPO epochs, or SAC steps from replay
-        metrics |= weight_sync.publish(learner_group, version=done, push=pending is None)  # workers load v+1
-        kl_controller.update(metrics["rollout/kl"], len(rollout))
-        metrics["time/step_seconds"] = time.perf_counter() - start
+        train_on = rollout
+        if rl.dynamic_sampling:
+            with timer("time/rollout"):                                           # ALGO: DAPO dynamic sampling
+                train_on, dynamic = fill_informative(rollout, more(step), rl.prompts_per_step, rl.dynamic_sampling_tries,
+                                                     rl.learner_ranks, rollout_group.pad_token_id)
+            metrics |= dynamic
+        metrics["rollout/skipped_update"] = float(train_on is None)
+        if train_on is not None:
+            with timer("time/experience"):
+                metrics |= learner_group.make_experience(train_on, kl_controller.value)  # GAE, critic-free, or replay rows
+            with timer("time/update"):
+                metrics |= learner_group.update()                                 # PPO epochs, or SAC steps from replay
+        with timer("time/sync"):
+            metrics |= weight_sync.publish(learner_group, version=done, push=pending is None)  # workers load v+1
+        if "rollout/kl" in metrics:
+            kl_controller.update(metrics["rollout/kl"], len(rollout))
+        metrics |= timer.seconds | {"time/checkpoint": checkpoint_seconds}
+        metrics["time/step_seconds"] = timer.total + checkpoint_seconds
         metrics["rollout/samples_per_s"] = len(rollout) / metrics["time/step_seconds"]
-        on_step(step, metrics, rollout)
+        on_step(step, metrics, train_on or rollout)
+        checkpoint_seconds = 0.0
         if checkpointed(done):
+            start = time.perf_counter()
             checkpoint(done)                                                      # a resume continues at `done`
+            checkpoint_seconds = time.perf_counter() - start

@@ -48,7 +48,7 @@ RL_HISTOGRAMS = {
     "time/step_seconds": ("mmrlhf_rl_step_seconds", "one RL step: generate, score, experience, update, sync, s"),
 }
 SECONDS_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]
-PLOTTED = (("rollout/reward", "reward-model score"), ("rollout/gold", "gold score"), ("rollout/kl", "KL (nats)"))
+PHASES = ("time/rollout", "time/experience", "time/update", "time/sync", "time/checkpoint")
 
 
 def tensorboard_dir(run_dir: str | Path) -> Path:
@@ -126,7 +126,9 @@ class RLMetricsLogger:
             f"all-alike {metrics.get('rollout/all_alike', math.nan):.2f} "
             + (f"clipfrac {metrics['ppo/clipfrac']:.3f} " if "ppo/clipfrac" in metrics else "")
             + (f"q {metrics['sac/q']:.3f} " if "sac/q" in metrics else "")
-            + f"sync {metrics.get('sync/seconds', math.nan):.2f}s step {metrics.get('time/step_seconds', math.nan):.1f}s")
+            + f"step {metrics.get('time/step_seconds', math.nan):.2f}s ("
+            + " ".join(f"{k.split('/')[1]} {metrics[k]:.2f}" for k in PHASES if k in metrics)
+            + (f") startup {metrics['time/startup']:.1f}s" if "time/startup" in metrics else ")"))
 
     def close(self) -> None:
         """Write the plot of every step in the JSONL log (none if it is empty) and close the files."""
@@ -137,30 +139,89 @@ class RLMetricsLogger:
             plot_rl_history(history, self.plot)
 
 
-def plot_rl_history(history: Sequence[dict[str, float]], out: Path) -> None:
-    """Reward, gold score and KL over the steps as one PNG with three panels (matplotlib, Agg).
+def _points(history: Sequence[dict[str, float]], key: str) -> list[tuple[float, float]]:
+    return [(m["step"], m[key]) for m in history if math.isfinite(m.get(key, math.nan))]
 
-    history: per-step metric dicts with a "step" key; a panel whose metric never appears says so.
+
+def plot_rl_history(history: Sequence[dict[str, float]], out: Path) -> None:
+    """Two panels as one PNG (matplotlib, Agg): the proxy reward (reward sources' total) and the
+    gold score per step on one plot (two y axes), so over-optimisation (proxy up, gold down) is
+    visible at a glance; the KL to the reference policy below.
+
+    history: per-step metric dicts with a "step" key; a series that never appears says so.
     """
     import matplotlib
 
     matplotlib.use("Agg")  # no display on cluster nodes
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(PLOTTED), 1, sharex=True, figsize=(6, 2.2 * len(PLOTTED)))
-    for ax, (key, label) in zip(axes, PLOTTED):
-        points = [(m["step"], m[key]) for m in history if key in m]
-        if points:
-            ax.plot(*zip(*points), marker="o", markersize=3)
-        else:
-            ax.text(0.5, 0.5, "not measured in this run", ha="center", va="center", transform=ax.transAxes)
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[-1].set_xlabel("RL step")
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(6, 5))
+    proxy, gold, kl = (_points(history, k) for k in ("rollout/reward", "rollout/gold", "rollout/kl"))
+    if proxy:
+        top.plot(*zip(*proxy), marker="o", markersize=3, color="tab:blue", label="proxy reward")
+    top.set_ylabel("proxy reward", color="tab:blue")
+    twin = top.twinx()
+    if gold:
+        twin.plot(*zip(*gold), marker="s", markersize=3, color="tab:orange", label="gold score")
+    twin.set_ylabel("gold score" if gold else "gold score (not measured)", color="tab:orange")
+    top.set_title(gold_verdict(history))
+    top.grid(alpha=0.3)
+    if kl:
+        bottom.plot(*zip(*kl), marker="o", markersize=3, color="tab:green")
+    else:
+        bottom.text(0.5, 0.5, "not measured in this run", ha="center", va="center", transform=bottom.transAxes)
+    bottom.set_ylabel("KL to reference (nats)")
+    bottom.set_xlabel("RL step")
+    bottom.grid(alpha=0.3)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)
+
+
+def gold_verdict(history: Sequence[dict[str, float]], window: int = 5) -> str:
+    """One line: did the gold score rise with the proxy reward? Compares the mean of the first
+    and last ``window`` steps of each ("rollout/reward", "rollout/gold")."""
+    def change(key: str) -> float | None:
+        values = [v for _, v in _points(history, key)]
+        if len(values) < 2:
+            return None
+        n = max(1, min(window, len(values) // 2))
+        return sum(values[-n:]) / n - sum(values[:n]) / n
+
+    proxy, gold = change("rollout/reward"), change("rollout/gold")
+    if proxy is None:
+        return "proxy reward: too few steps to compare"
+    if gold is None:
+        return f"proxy reward {proxy:+.3f}; no gold score to check it against"
+    if proxy > 0 and gold < 0:
+        verdict = "OVER-OPTIMISED: the proxy rose while gold fell"
+    elif gold > 0:
+        verdict = "gold rose" + (" with the proxy" if proxy > 0 else " although the proxy did not")
+    else:
+        verdict = "gold did not rise"
+    return f"proxy reward {proxy:+.3f}, gold {gold:+.3f} (first vs last {window} steps): {verdict}"
+
+
+class PhaseTimer:
+    """Wall seconds of named phases of one RL step: ``with timer("time/update"): ...``; a phase
+    entered twice adds up. ``seconds``: {phase: seconds}; ``total``: their sum."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    @property
+    def total(self) -> float:
+        """Seconds of all phases together."""
+        return sum(self.seconds.values())
 
 
 class StageTimer:

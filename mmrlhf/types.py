@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -24,6 +25,12 @@ def pad_cat(tensors: list[Tensor], value: float, left: bool) -> Tensor:
         filler = torch.full((t.shape[0], pad, *t.shape[2:]), value, dtype=t.dtype)
         out.append(torch.cat([filler, t] if left else [t, filler], dim=1))
     return torch.cat(out, dim=0)
+
+
+def prompt_index(prompt_ids: list[str]) -> Tensor:
+    """(B,) int64 group index of each row: rows answering the same prompt share one (sorted ids)."""
+    _, index = np.unique(np.asarray(prompt_ids), return_inverse=True)
+    return torch.from_numpy(index.reshape(-1).astype(np.int64))
 
 
 @dataclass
@@ -88,9 +95,29 @@ class Rollout:
         )
 
 
+    def select(self, rows: Tensor) -> "Rollout":
+        """The rollout's rows ``rows`` ((K,) int64 indices), in that order; every per-row field
+        (lists, tensors, and dicts of them) is indexed, other values are kept."""
+        index = rows.tolist()
+
+        def pick(value):
+            if isinstance(value, Tensor):
+                return value[rows]
+            if isinstance(value, list):
+                return [value[i] for i in index]
+            if isinstance(value, dict):
+                return {k: pick(v) for k, v in value.items()}
+            return value
+
+        return Rollout(**{f.name: pick(getattr(self, f.name)) for f in fields(self)})
+
+
 @dataclass
 class Experience:
-    """A rollout turned into PPO training data by the learner group (Schulman et al. 2017)."""
+    """A rollout turned into PPO training data by the learner group (Schulman et al. 2017).
+
+    With GAE every field is set; critic-free PPO (GRPO, RLOO, ...) has no ``values``, ``rewards``
+    or ``returns``, and no ``ref_logprobs`` when it has no KL leash (``kl_coef`` 0)."""
 
     input_ids: Tensor                 # (B, T) prompt tokens, left-padded
     attention_mask: Tensor            # (B, T)
@@ -98,16 +125,16 @@ class Experience:
     response_ids: Tensor              # (B, R)
     response_mask: Tensor             # (B, R) 1 on real response tokens of scored rows
     old_logprobs: Tensor              # (B, R) log-probs under the policy before the update
-    ref_logprobs: Tensor              # (B, R) log-probs under the frozen reference policy
-    values: Tensor                    # (B, R) value model before the update
-    rewards: Tensor                   # (B, R) -kl_coef*KL per token + score on the last token
-    advantages: Tensor                # (B, R) GAE, whitened over response_mask
-    returns: Tensor                   # (B, R) advantages + values (value targets)
+    advantages: Tensor                # (B, R) GAE whitened over response_mask, or a critic-free estimator's
     is_weights: Tensor                # (B, R) min(π_old / π_behaviour, tis_cap) per token; ≈1 on-policy
+    ref_logprobs: Optional[Tensor] = None  # (B, R) log-probs under the frozen reference policy; None: no KL leash
+    values: Optional[Tensor] = None   # (B, R) value model before the update; None when critic-free
+    rewards: Optional[Tensor] = None  # (B, R) -kl_coef*KL per token + score on the last token (GAE only)
+    returns: Optional[Tensor] = None  # (B, R) advantages + values, the value targets (GAE only)
 
     def to_dict(self) -> dict[str, Tensor]:
-        """Fields as a dict of tensors (what the learner shards by rank)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """Fields as a dict of tensors (what the learner shards by rank); None fields are left out."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from mmrlhf.algorithms import (gae, kl_estimate, masked_mean, masked_whiten, ppo_loss, token_rewards,
+from mmrlhf.algorithms import (gae, kl_estimate, masked_mean, masked_whiten, ppo_loss, reduce_tokens, token_rewards,
                                truncated_importance_weights)
 from mmrlhf.config import RLConfig
 from mmrlhf.learner.worker import LearnerWorker, all_reduce_sum
@@ -88,6 +88,7 @@ class PPOLearner(LearnerWorker):
         self.rl = rl or RLConfig(algorithm="ppo")
         self.ref_policy = load_policy(ref_policy_path)[0].eval().requires_grad_(False)
         self.experience: dict[str, Tensor] = {}
+        self.kl_coef = self.rl.kl_coef
 
     def _forward(self, b: dict[str, Tensor]):
         return self.engine(b["input_ids"], b["attention_mask"], b["pixel_values"],
@@ -95,43 +96,64 @@ class PPOLearner(LearnerWorker):
 
     @torch.no_grad()
     def make_experience(self, shard: dict[str, Tensor], kl_coef: float) -> dict[str, float]:
-        """Old/ref log-probs, values, rewards, GAE advantages and returns for this rank's shard.
+        """Old/ref log-probs and advantages (GAE with values and returns, or critic-free) for this rank's shard.
 
         ``shard``: ``input_ids``/``attention_mask`` (B, T), ``pixel_values`` (B, 3, H, W),
         ``response_ids``/``response_mask``/``logprobs`` (B, R), ``scores`` (B,) (NaN: unscored,
-        masked out; already normalised in the driver by ``RLLearnerGroup.make_experience``).
-        Stores the experience on the rank; returns metrics reduced over ranks.
+        masked out; already normalised in the driver by ``RLLearnerGroup.make_experience``), and
+        for a critic-free estimator ``advantages`` (B, R), computed in the driver over the whole
+        rollout. Stores the experience on the rank; returns metrics reduced over ranks.
         """
         scored, mask, scores = scored_rows(shard)
         self.engine.eval()
-        old_logprobs, _, values = self._forward(shard)
+        self.kl_coef = kl_coef
         batch = PromptBatch(shard["input_ids"], shard["attention_mask"], shard["pixel_values"])
-        ref_logprobs, _, _ = response_logprobs(self.ref_policy, batch, shard["response_ids"], mask,
-                                               self.rl.temperature)
-        # ALGO: per-token KL penalty to the reference policy; the score on the last real token.
-        kl = kl_estimate(old_logprobs, ref_logprobs, self.rl.kl_estimator) * mask
-        rewards = token_rewards(scores, kl, mask, kl_coef)
-        advantages, returns = gae(rewards, values, mask, self.rl.gamma, self.rl.lam)
+        needs_ref = not self.rl.critic_free or kl_coef > 0 or self.rl.kl_target is not None
+        ref_logprobs = response_logprobs(self.ref_policy, batch, shard["response_ids"], mask,
+                                         self.rl.temperature)[0] if needs_ref else None
+        if self.rl.critic_free:
+            # One epoch on samples the current weights drew: π_old is the behaviour policy itself
+            # (their log-probs agree to ~1e-7), so the old-log-prob forward would be redundant.
+            fresh = self.rl.ppo_epochs == 1 and not self.rl.asynchronous
+            old_logprobs = shard["logprobs"] * mask if fresh else self._forward(shard)[0]
+            kl = (kl_estimate(old_logprobs, ref_logprobs, self.rl.kl_estimator) * mask if needs_ref
+                  else torch.zeros_like(mask))
+            specific = {"advantages": shard["advantages"] * mask}
+        else:
+            old_logprobs, _, values = self._forward(shard)
+            # ALGO: per-token KL penalty to the reference policy; the score on the last real token.
+            kl = kl_estimate(old_logprobs, ref_logprobs, self.rl.kl_estimator) * mask
+            rewards = token_rewards(scores, kl, mask, kl_coef)
+            advantages, returns = gae(rewards, values, mask, self.rl.gamma, self.rl.lam)
+            specific = {"advantages": _global_whiten(advantages, mask),  # ALGO: whitened over all ranks
+                        "values": values, "rewards": rewards, "returns": returns}
         self.experience = Experience(
             input_ids=shard["input_ids"], attention_mask=shard["attention_mask"], pixel_values=shard["pixel_values"],
             response_ids=shard["response_ids"], response_mask=mask, old_logprobs=old_logprobs,
-            ref_logprobs=ref_logprobs, values=values, rewards=rewards,
-            advantages=_global_whiten(advantages, mask),  # ALGO: whitened over the whole batch, every rank
-            returns=returns,
             # ALGO: rows sampled by an older policy (asynchronous mode) are reweighted toward π_old
             is_weights=truncated_importance_weights(old_logprobs, shard["logprobs"], mask, self.rl.tis_cap),
+            ref_logprobs=ref_logprobs, **specific,
         ).to_dict()
-        return rollout_stats(shard, scores, scored, mask, old_logprobs, kl)
+        metrics = rollout_stats(shard, scores, scored, mask, old_logprobs, kl)
+        if not needs_ref:
+            del metrics["rollout/kl"]  # no reference pass was made: nothing measured
+        return metrics
 
     def _minibatch_loss(self, model: Any, b: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         (n_tokens,) = all_reduce_sum(b["response_mask"].sum())
         logprobs, entropy, values = self._forward(b)
+        critic = {} if self.rl.critic_free else {"values": values, "old_values": b["values"], "returns": b["returns"]}
         loss, metrics = ppo_loss(
-            logprobs, b["old_logprobs"], b["advantages"], b["response_mask"],
-            values=values, old_values=b["values"], returns=b["returns"], entropy=entropy,
-            is_weights=b["is_weights"],
-            clip_eps=self.rl.clip_eps, value_clip_eps=self.rl.value_clip_eps,
-            vf_coef=self.rl.vf_coef, ent_coef=self.rl.ent_coef, normalizer=n_tokens)
+            logprobs, b["old_logprobs"], b["advantages"], b["response_mask"], **critic, entropy=entropy,
+            is_weights=b["is_weights"], clip_eps=self.rl.clip_eps, clip_eps_high=self.rl.clip_eps_high,
+            value_clip_eps=self.rl.value_clip_eps, vf_coef=self.rl.vf_coef, ent_coef=self.rl.ent_coef,
+            normalizer=n_tokens)
+        if self.rl.critic_free and "ref_logprobs" in b:
+            # ALGO: GRPO's KL leash as a loss term, beta * k3(π‖π_ref) per token (Shao et al. 2024, eq. 3)
+            kl_loss = reduce_tokens(kl_estimate(logprobs, b["ref_logprobs"], self.rl.kl_estimator),
+                                    b["response_mask"], n_tokens)
+            loss = loss + self.kl_coef * kl_loss
+            metrics["ppo/kl_loss"] = kl_loss.detach()
         metrics["policy/entropy"] = masked_mean(entropy.detach(), b["response_mask"])
         return loss * self.world_size, metrics
 

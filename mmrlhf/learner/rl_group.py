@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from mmrlhf.algorithms import group_normalized_scores, masked_whiten
+from mmrlhf.algorithms.estimators import get_estimator
 from mmrlhf.config import RLConfig
 from mmrlhf.learner.engine import deepspeed_config
 from mmrlhf.learner.group import LearnerGroup
@@ -22,10 +23,11 @@ from mmrlhf.learner.ppo import PPOLearner
 from mmrlhf.learner.sac import SACLearner
 from mmrlhf.models.policy import load_policy
 from mmrlhf.models.soft_q import SoftActorCritic
-from mmrlhf.models.value import ActorCritic
-from mmrlhf.types import Rollout
+from mmrlhf.models.value import Actor, ActorCritic
+from mmrlhf.types import Rollout, prompt_index
 
 ALGORITHMS = {"ppo": (PPOLearner, ActorCritic), "sac": (SACLearner, SoftActorCritic)}
+
 
 
 def policy_model_factory(policy_path: str, freeze_vision_tower: bool = False,
@@ -57,8 +59,7 @@ def normalized_scores(scores: Tensor, prompt_ids: list[str], mode: str) -> Tenso
     and the KL penalty are in units of the scores' spread; "none": unchanged.
     """
     if mode == "group":
-        _, prompt_index = np.unique(np.asarray(prompt_ids), return_inverse=True)
-        return group_normalized_scores(scores, torch.from_numpy(prompt_index))
+        return group_normalized_scores(scores, prompt_index(prompt_ids))
     if mode == "batch":
         scored = torch.isfinite(scores)
         whitened = masked_whiten(torch.where(scored, scores, torch.zeros_like(scores)), scored.float())
@@ -79,6 +80,7 @@ class RLLearnerGroup(LearnerGroup):
     def __init__(self, rl: RLConfig, policy_path: str, cpus_per_rank: float = 1, gpus_per_rank: float = 0,
                  resources: dict[str, float] | None = None, seed: int = 0) -> None:
         worker_cls, wrapper = ALGORITHMS[rl.algorithm]
+        wrapper = Actor if rl.critic_free else wrapper
         ds_config = deepspeed_config(rl.zero_stage, max(1, rl.minibatch_size // rl.learner_ranks), 1,
                                      rl.lr, 0.0, rl.grad_clip)
         super().__init__(rl.learner_ranks, policy_model_factory(policy_path, rl.freeze_vision_tower, wrapper),
@@ -91,11 +93,17 @@ class RLLearnerGroup(LearnerGroup):
         """Shard ``rollout`` by rank and build each rank's experience; returns reduced metrics.
 
         The scores are normalised here, over the whole rollout, before sharding splits it (and a
-        prompt's samples) across ranks (`normalized_scores`); ``rollout/score`` reports the mean
+        prompt's samples) across ranks (`normalized_scores`), or, with a critic-free
+        ``rl.advantage_estimator``, turned into advantages here (raw scores, no normalisation); ``rollout/score`` reports the mean
         of the normalised scores, ``rollout/reward`` (the controller) the raw one. ``kl_coef``:
         PPO's per-token KL penalty, SAC's α.
         """
         batch = rollout.to_batch()
+        if self.rl.critic_free:
+            # ALGO: critic-free advantages from the raw scores of each prompt's samples, before sharding
+            batch["advantages"] = get_estimator(self.rl.advantage_estimator)(
+                batch["scores"], prompt_index(rollout.prompt_ids), batch["response_mask"])
+            return self.run("make_experience", batch, kl_coef=kl_coef)[0]
         batch["scores"] = normalized_scores(batch["scores"], rollout.prompt_ids, self.rl.score_normalization)
         return self.run("make_experience", batch, kl_coef=kl_coef)[0]
 

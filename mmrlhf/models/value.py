@@ -34,6 +34,22 @@ class ValueHead(nn.Module):
         return self.linear(hidden.to(self.linear.weight.dtype)).squeeze(-1).float()
 
 
+class Actor(nn.Module):
+    """The policy alone, with `ActorCritic`'s forward signature: for critic-free PPO (GRPO, RLOO,
+    ...), which needs no value model. ``values`` comes back as None."""
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
+                response_ids: torch.Tensor, response_mask: torch.Tensor, temperature: float = 1.0):
+        """(logprobs (B, R) nats, entropy (B, R) nats, None), as `ActorCritic.forward` without values."""
+        batch = PromptBatch(input_ids, attention_mask, pixel_values)
+        logprobs, entropy, _ = response_logprobs(self.policy, batch, response_ids, response_mask, temperature)
+        return logprobs, entropy, None
+
+
 class ActorCritic(nn.Module):
     """Policy (a LLaVA `AutoModelForImageTextToText`) + `ValueHead` on its final hidden states.
 

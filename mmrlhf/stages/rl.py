@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -26,7 +27,7 @@ from mmrlhf.config import RunConfig
 from mmrlhf.controller import train_loop
 from mmrlhf.data.digits import gold_score
 from mmrlhf.learner.rl_group import RLLearnerGroup
-from mmrlhf.metrics import RLMetricsLogger
+from mmrlhf.metrics import RLMetricsLogger, gold_verdict
 from mmrlhf.models.policy import load_policy
 from mmrlhf.reward.serve_app import build_reward_app, deploy_reward
 from mmrlhf.rollout.prompts import PromptSource
@@ -165,6 +166,7 @@ def run_rl(cfg: RunConfig, resume: bool = False) -> list[dict[str, float]]:
         mmrlhf.learner.group.LearnerRankDied: a learner rank died (names it).
         RuntimeError: the learner group could not be placed or a rank failed (names the cause).
     """
+    started = time.perf_counter()
     rl_inputs(cfg)  # before anything is started or written
     paths = RunPaths(cfg.run_dir)
     checkpoints = CheckpointDir(paths.rl_checkpoints, keep=cfg.rl.keep_checkpoints)
@@ -198,6 +200,8 @@ def run_rl(cfg: RunConfig, resume: bool = False) -> list[dict[str, float]]:
                 if golds:
                     metrics["rollout/gold"] = sum(golds) / len(golds)
                 metrics["step"] = step
+                if not history:  # seconds from the stage's start to its first step: Ray, Serve, actors, DeepSpeed
+                    metrics["time/startup"] = loop_start - started
                 history.append(metrics)
                 logger.log(step, metrics)
                 with paths.rl_consumed.open("a") as f:
@@ -207,9 +211,11 @@ def run_rl(cfg: RunConfig, resume: bool = False) -> list[dict[str, float]]:
             def checkpoint(steps_done: int) -> None:
                 save_run(checkpoints, steps_done, cfg, system.learner_group, system.prompts, system.kl_controller)
 
+            loop_start = time.perf_counter()
             train_loop(cfg.rl, system.prompts, system.rollout_group, system.learner_group, system.weight_sync,
                        system.kl_controller, on_step, start_step, checkpoint)
             save_policy(system.learner_group, system.policy_path, paths.rl_policy)
+            print(f"rl: {gold_verdict(history)}", flush=True)
     finally:
         logger.close()
         if owned:

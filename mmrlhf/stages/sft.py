@@ -25,6 +25,7 @@ from transformers import get_cosine_schedule_with_warmup
 from mmrlhf.algorithms.masked import masked_mean
 from mmrlhf.algorithms.pretrain import bag_of_words_loss
 from mmrlhf.config import RunConfig
+from mmrlhf.data.schema import record_references
 from mmrlhf.models.policy import (PromptBatch, encode_prompts, encode_responses, image_features, load_policy,
                                   response_logprobs)
 from mmrlhf.stages.common import RunPaths, atomic_dir, minibatches, policy_path, seed_everything
@@ -70,16 +71,21 @@ def vision_warmup(model, pixel_values: torch.Tensor, response_ids: torch.Tensor,
 def run_sft(cfg: RunConfig) -> float:
     """Fine-tune the policy on the ``sft`` split; returns the last epoch's mean loss (nats/token).
 
+    Each record gives one example per reference (:func:`mmrlhf.data.schema.record_references`).
+
     Raises:
         ValueError: a record of the split has no reference (names the record).
     """
     generator = seed_everything(cfg.seed)
     prepare_data(cfg)
     table = load_split(cfg, "sft")
-    references = table.column("reference").to_pylist()
-    missing = [rid for rid, ref in zip(table.column("id").to_pylist(), references) if not ref]
+    per_record = record_references(table)
+    missing = [rid for rid, refs in zip(table.column("id").to_pylist(), per_record) if not refs or not all(refs)]
     if missing:
         raise ValueError(f"sft: record {missing[0]} has no reference (field 'reference'), and {len(missing) - 1} more")
+    # one example per (image, reference): an image with several captions teaches each of them
+    table = table.take([row for row, refs in enumerate(per_record) for _ in refs])
+    references = [ref for refs in per_record for ref in refs]
     model, processor = load_policy(str(policy_path(cfg, "init")))
     prompts = encode_prompts(processor, decode_images(table, cfg.data.max_image_pixels),
                              table.column("prompt").to_pylist())

@@ -14,7 +14,7 @@ from mmrlhf.config import RunConfig, load_config, save_config, to_dict
 from mmrlhf.metrics import StageTimer
 from mmrlhf.stages.common import RunPaths
 
-TABLE_ROWS = (("exact_match", "exact match (%)"), ("bleu", "BLEU"), ("rouge_l", "ROUGE-L"),
+TABLE_ROWS = (("exact_match", "exact match (%)"), ("bleu", "BLEU"), ("rouge_l", "ROUGE-L"), ("cider", "CIDEr"),
               ("reward", "reward-model score"), ("gold", "gold score"))
 
 

@@ -18,43 +18,43 @@ from mmrlhf.config import ConfigError, RunConfig, load_config
 def _data(cfg: RunConfig, args: argparse.Namespace) -> None:
     from mmrlhf.stages.data import prepare_data
 
-    prepare_data(cfg, force=True)
+    prepare_data(cfg, rebuild=True, force=args.force)
 
 
 def _sft(cfg: RunConfig, args: argparse.Namespace) -> None:
     from mmrlhf.stages.sft import run_sft
 
-    run_sft(cfg)
+    run_sft(cfg, force=args.force)
 
 
 def _feedback(cfg: RunConfig, args: argparse.Namespace) -> None:
     from mmrlhf.stages.feedback import run_feedback_simulation
 
-    run_feedback_simulation(cfg)
+    run_feedback_simulation(cfg, force=args.force)
 
 
 def _feedback_import(cfg: RunConfig, args: argparse.Namespace) -> None:
     from mmrlhf.stages.feedback_import import run_feedback_import
 
-    run_feedback_import(cfg, args.file, args.kind, append=args.append)
+    run_feedback_import(cfg, args.file, args.kind, append=args.append, force=args.force)
 
 
 def _reward(cfg: RunConfig, args: argparse.Namespace) -> None:
     from mmrlhf.stages.reward_train import run_reward_training
 
-    run_reward_training(cfg)
+    run_reward_training(cfg, force=args.force)
 
 
 def _rl(cfg: RunConfig, args: argparse.Namespace) -> None:
     from mmrlhf.stages.rl import run_rl
 
-    run_rl(cfg, resume=args.resume)
+    run_rl(cfg, resume=args.resume, force=args.force)
 
 
 def _eval(cfg: RunConfig, args: argparse.Namespace) -> None:
     from mmrlhf.stages.eval import print_metrics, run_eval
 
-    print_metrics(run_eval(cfg, args.policy))
+    print_metrics(run_eval(cfg, args.policy, force=args.force))
 
 
 def _train(cfg: RunConfig, args: argparse.Namespace) -> None:
@@ -63,8 +63,11 @@ def _train(cfg: RunConfig, args: argparse.Namespace) -> None:
     run_train(cfg, resume=args.resume)
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
+def _add_config_args(p: argparse.ArgumentParser, force: bool = True) -> None:
     p.add_argument("--config", help="experiment YAML, e.g. jobs/digits.yaml")
+    if force:
+        p.add_argument("--force", action="store_true",
+                       help="skip the lineage checks: use stale inputs, replace outputs others were made from")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rl.steps=4 model.policy=tiny")
 
 
@@ -81,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     ]
     for name, fn, help_text in commands:
         p = sub.add_parser(name, help=help_text)
-        _add_config_args(p)
+        _add_config_args(p, force=name != "train")
         p.set_defaults(fn=fn)
         if name in ("rl", "train"):
             p.add_argument("--resume", action="store_true",

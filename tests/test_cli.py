@@ -30,7 +30,7 @@ def test_data_stage_writes_four_splits(tmp_path):
     out = _run("data", f"run_dir={tmp_path}", "data.n_sft=4", "data.n_feedback=4", "data.n_val=4", "data.n_test=4")
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
-        "feedback.parquet", "sft.parquet", "test.parquet", "val.parquet"]
+        "feedback.parquet", "lineage.json", "sft.parquet", "test.parquet", "val.parquet"]
 
 
 def test_stray_word_after_the_options_is_refused_not_taken_as_an_override(capsys):

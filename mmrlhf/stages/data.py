@@ -21,6 +21,8 @@ from mmrlhf.data.media import decode_image
 from mmrlhf.data.schema import RECORD_SCHEMA, read_table, write_table
 from mmrlhf.data.splits import split_by_image
 from mmrlhf.stages.common import RunPaths
+from mmrlhf.stages.lineage import (DATA, check_current, check_no_dependents, differences, lineage_of, read_lineage,
+                                   write_lineage)
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +58,13 @@ def _read_user_records(cfg: DataConfig) -> pa.Table:
     return table
 
 
-def prepare_data(cfg: RunConfig, force: bool = False) -> dict[str, Path]:
-    """Write ``<run_dir>/data/<split>.parquet`` for the four splits; returns their paths.
+def prepare_data(cfg: RunConfig, rebuild: bool = False, force: bool = False) -> dict[str, Path]:
+    """Write ``<run_dir>/data/<split>.parquet`` for the four splits and ``data/lineage.json``; returns their paths.
 
-    Skips the work when all four files exist, unless ``force``.
+    When all four files exist they are kept: checked to be current (:func:`check_current`) unless
+    ``force``, or with ``rebuild`` (``mmrlhf data``) written again if the config or the user's
+    data file changed since. Replacing splits that later stages were made from is refused
+    (:func:`check_no_dependents`) unless ``force``.
 
     A user's images are split by a permutation seeded with ``data.seed``: 25/45/10/20% to
     sft/feedback/val/test (``_USER_FRACTIONS``), all records of one image in one split
@@ -68,18 +73,28 @@ def prepare_data(cfg: RunConfig, force: bool = False) -> dict[str, Path]:
     Raises:
         ValueError: a malformed user manifest (names the record and field); no usable record in
             it, or too few images for every split to get one (names the file and the counts).
+        StaleOutputError: the splits are stale, or other outputs were made from them (see above).
         FileNotFoundError: the user's data file is missing.
     """
     paths = RunPaths(cfg.run_dir)
     out = {name: paths.split(name) for name in SPLITS}
-    if not force and all(p.exists() for p in out.values()):
-        return out
+    record = lineage_of(cfg, DATA, [] if cfg.data.source == "digits" else [Path(cfg.data.path)])
+    if all(p.exists() for p in out.values()):
+        if not rebuild:
+            check_current(cfg, DATA.folder, force)
+            return out
+        old = read_lineage(paths.root, DATA.folder)
+        if old is not None and not differences(old, record) and not force:
+            print(f"data: {paths.data} is up to date with the config and {cfg.data.path or 'the digits task'}")
+            return out
+    check_no_dependents(cfg, record, DATA.folder, force)
     if cfg.data.source == "digits":
-        written = write_digits(digits_spec(cfg.data), paths.data)
-        return {name: Path(written[name]) for name in SPLITS}
-    splits = split_by_image(_read_user_records(cfg.data), SPLITS, _USER_FRACTIONS, cfg.data.seed, cfg.data.path)
-    for name, part in splits.items():
-        write_table(part, out[name], RECORD_SCHEMA)
+        write_digits(digits_spec(cfg.data), paths.data)
+    else:
+        splits = split_by_image(_read_user_records(cfg.data), SPLITS, _USER_FRACTIONS, cfg.data.seed, cfg.data.path)
+        for name, part in splits.items():
+            write_table(part, out[name], RECORD_SCHEMA)
+    write_lineage(cfg, record, DATA.folder)
     return out
 
 

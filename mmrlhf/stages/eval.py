@@ -23,6 +23,7 @@ from mmrlhf.data.schema import record_references
 from mmrlhf.models.policy import encode_prompts, generate, load_policy
 from mmrlhf.reward.scorer import RewardScorer
 from mmrlhf.stages.common import RunPaths, atomic_dir, policy_path, write_json
+from mmrlhf.stages.lineage import LINEAGE_FILE, check_current, eval_stage, lineage_of
 from mmrlhf.stages.data import decode_images, load_split, prepare_data
 from mmrlhf.stages.text_metrics import text_metrics
 
@@ -38,19 +39,27 @@ def greedy_responses(model, processor, images: list[np.ndarray], prompts: list[s
     return texts
 
 
-def run_eval(cfg: RunConfig, policy: str = "sft") -> dict[str, float]:
+def run_eval(cfg: RunConfig, policy: str = "sft", force: bool = False) -> dict[str, float]:
     """Evaluate a policy (``sft``, ``rl``, ``init`` or a path) on ``cfg.eval.split``.
 
-    Writes ``<run_dir>/eval/<label>/{metrics.json,samples.parquet,samples.csv}`` and returns
+    Writes ``<run_dir>/eval/<label>/{metrics.json,samples.parquet,samples.csv,lineage.json}`` and returns
     the metrics: ``exact_match``, ``bleu``, ``rouge_l`` (percent), ``cider``, ``gold`` (mean gold score,
     0–1, digits task only), ``reward`` (mean reward-model score, when a reward model was trained).
 
     Raises:
         FileNotFoundError: the policy to evaluate has not been trained yet.
+        StaleOutputError: the split, the policy or the reward model no longer match what made
+            them (names the one to re-make and its command), unless ``force``.
     """
     path = policy_path(cfg, policy)  # a missing policy is named before any data is built
-    prepare_data(cfg)
+    prepare_data(cfg, force=force)
     paths = RunPaths(cfg.run_dir)
+    # the stage outputs it reads: the policy when trained here, the reward model when there is one
+    made_here = [policy] * (policy in ("sft", "rl")) + ["reward"] * (paths.reward_model / "config.json").exists()
+    for folder in made_here:
+        check_current(cfg, folder, force)
+    record = lineage_of(cfg, eval_stage(_label(policy)),
+                        [paths.split(cfg.eval.split), *(paths.root / f / LINEAGE_FILE for f in made_here)])
     model, processor = load_policy(str(path))
     model.eval()
     table = load_split(cfg, cfg.eval.split)
@@ -72,13 +81,18 @@ def run_eval(cfg: RunConfig, policy: str = "sft") -> dict[str, float]:
         columns["reward"] = rewards.tolist()
     metrics["n"] = len(texts)
 
-    label = policy if policy in ("sft", "rl", "init") else Path(policy).name
     samples = pa.table(columns).slice(0, cfg.eval.n_review)
-    with atomic_dir(paths.eval_dir(label)) as out:
+    with atomic_dir(paths.eval_dir(_label(policy))) as out:
         pq.write_table(samples, out / "samples.parquet")
         pacsv.write_csv(_flat_references(samples), out / "samples.csv")
         write_json(out / "metrics.json", metrics)
+        write_json(out / LINEAGE_FILE, record)
     return metrics
+
+
+def _label(policy: str) -> str:
+    """The folder under ``eval/`` of a policy: ``sft``, ``rl``, ``init`` or a path's last part."""
+    return policy if policy in ("sft", "rl", "init") else Path(policy).name
 
 
 def _flat_references(samples: pa.Table) -> pa.Table:

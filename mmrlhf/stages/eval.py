@@ -23,6 +23,7 @@ from mmrlhf.data.schema import record_references
 from mmrlhf.models.policy import encode_prompts, generate, load_policy
 from mmrlhf.reward.scorer import RewardScorer
 from mmrlhf.stages.common import RunPaths, atomic_dir, policy_path, write_json
+from mmrlhf.stages.fit import warn_truncation
 from mmrlhf.stages.lineage import LINEAGE_FILE, check_current, eval_stage, lineage_of
 from mmrlhf.stages.data import decode_images, load_split, prepare_data
 from mmrlhf.stages.text_metrics import text_metrics
@@ -67,6 +68,8 @@ def run_eval(cfg: RunConfig, policy: str = "sft", force: bool = False) -> dict[s
     prompts = table.column("prompt").to_pylist()
     references = table.column("reference").to_pylist()
     all_references = record_references(table)
+    warn_truncation(processor.tokenizer, [ref for refs in all_references for ref in refs], cfg.eval.max_new_tokens,
+                    "eval.max_new_tokens", f"the {cfg.eval.split} split's references")
     texts = greedy_responses(model, processor, images, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens)
 
     metrics = text_metrics(texts, all_references)

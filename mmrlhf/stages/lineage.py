@@ -63,8 +63,13 @@ DATA = Stage("data", "data", "mmrlhf data", ("data",))
 SFT = Stage("sft", "sft", "mmrlhf sft", ("seed", "model.policy", "sft"))
 FEEDBACK_SIMULATE = Stage("feedback", "feedback", "mmrlhf feedback simulate",
                           ("seed", "feedback", "sft.max_new_tokens"))
-REWARD = Stage("reward", "reward", "mmrlhf reward train", ("seed", "model.reward", "model.reward_pretrained", "reward"))
-RL = Stage("rl", "rl", "mmrlhf rl", ("seed", "rl", "reward.sources"))
+# the training keys only: the Serve settings of `reward` (batching, replicas, health checks) do not
+# change the model
+REWARD = Stage("reward", "reward", "mmrlhf reward train",
+               ("seed", "model.reward", "model.reward_pretrained",
+                *(f"reward.{key}" for key in ("clip_epochs", "clip_lr", "hard_negatives", "clip_shift_px", "epochs",
+                                              "batch_size", "lr", "val_fraction"))))
+RL = Stage("rl", "rl", "mmrlhf rl", ("seed", "rl"))
 
 
 def feedback_import_stage(path: str | Path, kind: str) -> Stage:

@@ -18,6 +18,7 @@ from typing import Iterator
 
 import ray
 from ray import serve
+from transformers import AutoTokenizer
 
 from mmrlhf.algorithms.kl import AdaptiveKLController, FixedKLController
 from mmrlhf.checkpoint import CheckpointDir, read_state, restore_run, save_run, truncate_log
@@ -33,6 +34,7 @@ from mmrlhf.rollout.prompts import PromptSource
 from mmrlhf.rollout.worker import RolloutGroup, serve_scorer
 from mmrlhf.stages.common import RunPaths, atomic_dir, policy_path
 from mmrlhf.stages.lineage import REWARD, RL, SFT, check_current, lineage_of, stage_input, write_lineage
+from mmrlhf.stages.fit import check_cluster_fits, check_prompts_fit, warn_truncation
 from mmrlhf.stages.data import load_split, prepare_data
 from mmrlhf.sync import ObjectStoreTransport, WeightSync, load_state_dict_strict
 
@@ -63,6 +65,8 @@ def rl_inputs(cfg: RunConfig, force: bool = False) -> str:
     Raises:
         FileNotFoundError: naming the missing output and the command that makes it.
         StaleOutputError: naming the stale output and the command that makes it again.
+        ValueError: ``rl.prompts_per_step`` exceeds the feedback split. References longer than
+            ``rl.max_new_tokens`` are logged as a warning with the share that would be cut.
     """
     sft = str(policy_path(cfg, "sft"))
     reward_model = RunPaths(cfg.run_dir).reward_model
@@ -70,6 +74,10 @@ def rl_inputs(cfg: RunConfig, force: bool = False) -> str:
         raise FileNotFoundError(f"no reward model at {reward_model}: run `mmrlhf reward train` first")
     for stage in (SFT, REWARD):
         check_current(cfg, stage.folder, force)
+    pool = load_split(cfg, "feedback")
+    check_prompts_fit("rl.prompts_per_step", cfg.rl.prompts_per_step, "feedback", pool.num_rows)
+    warn_truncation(AutoTokenizer.from_pretrained(sft), [r for r in pool.column("reference").to_pylist() if r],
+                    cfg.rl.max_new_tokens, "rl.max_new_tokens", "the feedback split's references")
     return sft
 
 
@@ -118,9 +126,11 @@ def rl_system(cfg: RunConfig, force: bool = False) -> Iterator[RLSystem]:
     actors and the placement group on exit, also after an error. ``force``: as in :func:`rl_inputs`.
 
     Raises:
+        ValueError: the cluster lacks resources the configured actors need (names them).
         FileNotFoundError: no SFT policy or no reward model yet.
     """
     rl, res = cfg.rl, cfg.resources
+    check_cluster_fits(cfg, ray.cluster_resources(), ray.available_resources())
     sft = rl_inputs(cfg, force)
     prepare_data(cfg, force=force)
     pool = load_split(cfg, "feedback")

@@ -29,6 +29,7 @@ from mmrlhf.data.schema import record_references
 from mmrlhf.models.policy import (PromptBatch, encode_prompts, encode_responses, image_features, load_policy,
                                   response_logprobs)
 from mmrlhf.stages.common import RunPaths, atomic_dir, minibatches, policy_path, seed_everything
+from mmrlhf.stages.fit import warn_truncation
 from mmrlhf.stages.lineage import SFT, check_no_dependents, lineage_of, write_lineage
 from mmrlhf.stages.data import decode_images, load_split, prepare_data
 
@@ -94,6 +95,8 @@ def run_sft(cfg: RunConfig, force: bool = False) -> float:
     table = table.take([row for row, refs in enumerate(per_record) for _ in refs])
     references = [ref for refs in per_record for ref in refs]
     model, processor = load_policy(str(policy_path(cfg, "init")))
+    warn_truncation(processor.tokenizer, references, cfg.sft.max_new_tokens, "sft.max_new_tokens",
+                    "the sft split's references")
     prompts = encode_prompts(processor, decode_images(table, cfg.data.max_image_pixels),
                              table.column("prompt").to_pylist())
     response_ids, response_mask = encode_responses(processor, references, cfg.sft.max_new_tokens)

@@ -18,7 +18,7 @@ from mmrlhf.config import DataConfig, RunConfig
 from mmrlhf.data import formats
 from mmrlhf.data.digits import DigitsSpec, write_digits
 from mmrlhf.data.media import decode_image
-from mmrlhf.data.schema import RECORD_SCHEMA, read_table, write_table
+from mmrlhf.data.schema import RECORD_SCHEMA, read_table, record_references, write_table
 from mmrlhf.data.splits import split_by_image
 from mmrlhf.stages.common import RunPaths
 from mmrlhf.stages.lineage import (DATA, check_current, check_no_dependents, differences, lineage_of, read_lineage,
@@ -96,6 +96,21 @@ def prepare_data(cfg: RunConfig, rebuild: bool = False, force: bool = False) -> 
             write_table(part, out[name], RECORD_SCHEMA)
     write_lineage(cfg, record, DATA.folder)
     return out
+
+
+def data_corpus(cfg: RunConfig) -> list[str]:
+    """The prompts and every reference of all splits (built first if missing), for a preset's tokenizer.
+
+    All splits, test included: a word first seen at test time would be `<unk>` however good the
+    policy; its embedding is never trained on test data, only reserved.
+    """
+    prepare_data(cfg)
+    texts: list[str] = []
+    for name in SPLITS:
+        table = load_split(cfg, name)
+        texts += table.column("prompt").to_pylist()
+        texts += [ref for refs in record_references(table) if refs for ref in refs]
+    return texts
 
 
 def load_split(cfg: RunConfig, name: str) -> pa.Table:

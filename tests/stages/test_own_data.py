@@ -203,3 +203,27 @@ def test_train_on_own_data_without_pairs_stops_at_feedback_with_the_same_line(tm
     assert len(sft_runs) == 1
     assert capsys.readouterr().err == f"mmrlhf train: data.source=manifest: {NO_GOLD_SCORE}\n"
     assert not RunPaths(tmp_path / "run").pairs.exists()
+
+
+def test_a_preset_on_own_data_gets_a_tokenizer_trained_on_its_captions(tmp_path):
+    from transformers import AutoTokenizer
+
+    from mmrlhf.data.schema import record_references
+    from mmrlhf.stages.common import policy_path
+
+    words = "zebra giraffe kayak lighthouse meadow harbor canyon glacier".split()
+    folder = tmp_path / "img"
+    folder.mkdir()
+    coco = write_coco(folder, 8)
+    data = json.loads(coco.read_text())
+    for ann in data["annotations"]:  # captions of 9-15 words, most outside the presets' own words
+        ann["caption"] = f"a {words[ann['image_id']]} beside a {words[(ann['image_id'] + 1) % 8]} near the " \
+                         f"{words[(ann['image_id'] + 2) % 8]} on a calm morning {ann['id']}"
+    coco.write_text(json.dumps(data))
+    cfg = load_config(TINY, own_data(tmp_path / "run", coco, "coco", f"data.image_dir={folder}"))
+    tokenizer = AutoTokenizer.from_pretrained(policy_path(cfg, "init"))
+    references = [ref for refs in record_references(load_split(cfg, "test")) for ref in refs]
+    ids = [i for ref in references for i in tokenizer(ref, add_special_tokens=False)["input_ids"]]
+    assert sum(i == tokenizer.unk_token_id for i in ids) / len(ids) < 0.05
+    digits_tokenizer = AutoTokenizer.from_pretrained(policy_path(load_config(TINY, [f"run_dir={tmp_path / 'd'}"]), "init"))
+    assert digits_tokenizer.unk_token_id in digits_tokenizer("zebra kayak", add_special_tokens=False)["input_ids"]

@@ -12,49 +12,51 @@ import os
 import sys
 from typing import Callable
 
+from mmrlhf.cli_help import COMMANDS
 from mmrlhf.config import ConfigError, RunConfig, load_config
+from mmrlhf.errors import CheckpointUnreachable
 
 
 def _data(cfg: RunConfig, args: argparse.Namespace) -> None:
     from mmrlhf.stages.data import prepare_data
 
-    prepare_data(cfg, force=True)
+    prepare_data(cfg, rebuild=True, force=args.force)
 
 
 def _sft(cfg: RunConfig, args: argparse.Namespace) -> None:
     from mmrlhf.stages.sft import run_sft
 
-    run_sft(cfg)
+    run_sft(cfg, force=args.force)
 
 
 def _feedback(cfg: RunConfig, args: argparse.Namespace) -> None:
     from mmrlhf.stages.feedback import run_feedback_simulation
 
-    run_feedback_simulation(cfg)
+    run_feedback_simulation(cfg, force=args.force)
 
 
 def _feedback_import(cfg: RunConfig, args: argparse.Namespace) -> None:
     from mmrlhf.stages.feedback_import import run_feedback_import
 
-    run_feedback_import(cfg, args.file, args.kind, append=args.append)
+    run_feedback_import(cfg, args.file, args.kind, append=args.append, force=args.force)
 
 
 def _reward(cfg: RunConfig, args: argparse.Namespace) -> None:
     from mmrlhf.stages.reward_train import run_reward_training
 
-    run_reward_training(cfg)
+    run_reward_training(cfg, force=args.force)
 
 
 def _rl(cfg: RunConfig, args: argparse.Namespace) -> None:
     from mmrlhf.stages.rl import run_rl
 
-    run_rl(cfg, resume=args.resume)
+    run_rl(cfg, resume=args.resume, force=args.force)
 
 
 def _eval(cfg: RunConfig, args: argparse.Namespace) -> None:
     from mmrlhf.stages.eval import print_metrics, run_eval
 
-    print_metrics(run_eval(cfg, args.policy))
+    print_metrics(run_eval(cfg, args.policy, force=args.force))
 
 
 def _train(cfg: RunConfig, args: argparse.Namespace) -> None:
@@ -63,9 +65,22 @@ def _train(cfg: RunConfig, args: argparse.Namespace) -> None:
     run_train(cfg, resume=args.resume)
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
+def _add_config_args(p: argparse.ArgumentParser, force: bool = True) -> None:
     p.add_argument("--config", help="experiment YAML, e.g. jobs/digits.yaml")
+    if force:
+        p.add_argument("--force", action="store_true",
+                       help="skip the lineage checks: use stale inputs, replace outputs others were made from")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rl.steps=4 model.policy=tiny")
+
+
+def _stage_parser(sub, name: str, key: str, fn: Callable, force: bool = True) -> argparse.ArgumentParser:
+    """A subcommand whose --help says what it reads and writes and lists its config keys (``COMMANDS[key]``)."""
+    entry = COMMANDS[key]
+    p = sub.add_parser(name, help=entry.summary, description=entry.summary, epilog=entry.epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_args(p, force=force)
+    p.set_defaults(fn=fn, help_entry=entry)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,43 +88,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmrlhf", description="One subcommand per stage of the RLHF recipe, "
                                      "each reading the same config (--config jobs/<x>.yaml, key=value overrides).")
     sub = parser.add_subparsers(dest="command", required=True)
-    commands: list[tuple[str, Callable, str]] = [
-        ("data", _data, "build the data splits as Parquet in the run directory"),
-        ("sft", _sft, "supervised fine-tuning of the policy on the labeled records"),
-        ("rl", _rl, "the distributed RL stage alone (PPO or SAC on Ray + Serve + DeepSpeed)"),
-        ("train", _train, "the whole recipe: data, sft, feedback, reward, rl, eval"),
-    ]
-    for name, fn, help_text in commands:
-        p = sub.add_parser(name, help=help_text)
-        _add_config_args(p)
-        p.set_defaults(fn=fn)
+    for name, fn in (("data", _data), ("sft", _sft), ("rl", _rl), ("train", _train)):
+        p = _stage_parser(sub, name, name, fn, force=name != "train")
         if name in ("rl", "train"):
             p.add_argument("--resume", action="store_true",
                            help="continue the RL stage from its newest complete checkpoint")
 
     feedback = sub.add_parser("feedback", help="human feedback: a simulated annotator or imported files")
     fsub = feedback.add_subparsers(dest="action", required=True)
-    p = fsub.add_parser("simulate", help="sample K responses per prompt; a simulated annotator picks")
-    _add_config_args(p)
-    p.set_defaults(fn=_feedback)
-    p = fsub.add_parser("import", help="preference pairs from a file of human judgements (.jsonl, .csv, .parquet)")
+    _stage_parser(fsub, "simulate", "feedback simulate", _feedback)
+    p = _stage_parser(fsub, "import", "feedback import", _feedback_import)
     p.add_argument("file", help="the feedback file; its rows' fields depend on --kind (see the README)")
     # no argparse choices: the kinds live with the importer, whose imports would slow `--help`
     p.add_argument("--kind", required=True, help="pairwise, ranking or rating")
     p.add_argument("--append", action="store_true", help="add to the run's existing preference pairs")
-    _add_config_args(p)
-    p.set_defaults(fn=_feedback_import)
 
     reward = sub.add_parser("reward", help="reward model")
     rsub = reward.add_subparsers(dest="action", required=True)
-    p = rsub.add_parser("train", help="Bradley–Terry training on the preference pairs")
-    _add_config_args(p)
-    p.set_defaults(fn=_reward)
+    _stage_parser(rsub, "train", "reward train", _reward)
 
-    p = sub.add_parser("eval", help="held-out exact match, BLEU, ROUGE-L, reward and gold score")
+    p = _stage_parser(sub, "eval", "eval", _eval)
     p.add_argument("--policy", default="sft", help="'sft', 'rl', 'init' or a policy path")
-    _add_config_args(p)
-    p.set_defaults(fn=_eval)
     return parser
 
 
@@ -131,10 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.fn(cfg, args)
     except KeyboardInterrupt:
-        print("mmrlhf: interrupted; outputs are written atomically, and `--resume` continues an RL stage "
-              "from its last checkpoint", file=sys.stderr)
+        print(args.help_entry.interrupted(), file=sys.stderr)
         return 130
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError, CheckpointUnreachable) as exc:
         # The user's input or run directory (a missing stage output, a bad record, a refused resume):
         # the message names it, a traceback would bury it.
         if os.environ.get("MMRLHF_TRACEBACK"):

@@ -449,3 +449,31 @@ def to_dict(cfg: Any) -> dict:
 def save_config(cfg: RunConfig, path: str | Path) -> None:
     """Write ``cfg`` as YAML (the resolved config of a run, for reproducibility)."""
     Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+
+def section_keys(section: str) -> list[tuple[str, str, Any]]:
+    """``(dotted key, type, default)`` of every field of a :class:`RunConfig` section (or a top-level key).
+
+    Generated from the dataclasses, so ``--help`` and the config never disagree.
+
+    Raises:
+        KeyError: ``section`` is not a field of :class:`RunConfig`.
+    """
+    top = {f.name: f for f in dataclasses.fields(RunConfig)}
+    f = top[section]
+    if not dataclasses.is_dataclass(f.default_factory):
+        return [(f.name, str(f.type), f.default)]
+    return [(f"{section}.{g.name}", str(g.type),
+             g.default if g.default is not dataclasses.MISSING else g.default_factory())  # type: ignore[misc]
+            for g in dataclasses.fields(f.default_factory)]
+
+
+def keys_help(sections: list[str]) -> str:
+    """The lines ``  key (type, default value)`` of the given sections, for a command's ``--help``."""
+    lines = []
+    for section in sections:
+        keys = section_keys(section)
+        if keys[0][0] != section:  # a section's keys under its name; a top-level key alone
+            lines.append(f"{section}:")
+        lines += [f"  {key} ({type_}, default {default!r})" for key, type_, default in keys]
+    return "\n".join(lines)

@@ -57,7 +57,7 @@ class _Candidate:
     id: str
     image: str | bytes
     prompt: str
-    reference: str | None
+    references: list[str] | None  # None where unlabeled; the first is the record's `reference`
 
 
 class _Skip(Exception):
@@ -80,7 +80,8 @@ def read_manifest(
 
     Fields: `id` and `prompt` (non-empty strings), `image` (a path relative to the manifest's
     folder, an absolute path, an http(s) URL when `allow_urls`, or bytes in Parquet), optional
-    `reference`. Raises ValueError naming the line (JSONL) or row (Parquet), the record and the
+    `reference` (a string, or a list of strings: several references of one image). Raises
+    ValueError naming the line (JSONL) or row (Parquet), the record and the
     field when a field is missing, empty or of the wrong type, and for any other extension.
     Records whose image cannot be read or decoded are skipped and reported.
     """
@@ -100,11 +101,13 @@ def read_coco_captions(
     allow_urls: bool = False,
 ) -> tuple[pa.Table, ReadReport]:
     """Read COCO captions (`captions_*.json`: "images" with id/file_name, "annotations" with
-    id/image_id/caption): one record per (image, caption), id "coco-<image_id>-<ann_id>",
-    the same `prompt` for all, the caption as reference. Follows the COCO 2014/2017 format.
+    id/image_id/caption): one record per image, id "coco-<image_id>", the same `prompt` for all,
+    all its captions as `references` (annotation order; the first is `reference`). Follows the
+    COCO 2014/2017 format; images without a caption give no record.
 
     Raises ValueError naming the file when it lacks "images"/"annotations" or an entry lacks
-    a field. Captions of an unknown image_id, empty captions and unreadable images are skipped.
+    a field. Captions of an unknown image_id, empty captions and unreadable images are skipped
+    and reported (a caption as "coco-<image_id>-<annotation id>").
     """
     annotations_json = Path(annotations_json)
     coco = _load_json(annotations_json)
@@ -113,19 +116,26 @@ def read_coco_captions(
             raise ValueError(f"{annotations_json}: missing list '{key}' of a COCO captions file")
     files = {require_field(annotations_json, img, "id"): require_field(annotations_json, img, "file_name")
              for img in coco["images"]}
-
-    def parse(ann: dict) -> _Candidate:
+    captions: dict[Any, list[str]] = {}
+    report = ReadReport()
+    for ann in coco["annotations"]:
         image_id = require_field(annotations_json, ann, "image_id")
-        record_id = f"coco-{image_id}-{require_field(annotations_json, ann, 'id')}"
+        caption_id = f"coco-{image_id}-{require_field(annotations_json, ann, 'id')}"
         caption = str(require_field(annotations_json, ann, "caption")).strip()
         if image_id not in files:
-            raise _Skip(record_id, f"caption refers to image_id {image_id}, not in 'images'")
-        if not caption:
-            raise _Skip(record_id, "caption is empty")
-        return _Candidate(record_id, files[image_id], prompt, caption)
+            report.skipped.append((caption_id, f"caption refers to image_id {image_id}, not in 'images'"))
+        elif not caption:
+            report.skipped.append((caption_id, "caption is empty"))
+        else:
+            captions.setdefault(image_id, []).append(caption)
+    report.n_read = len(report.skipped)
 
-    return _collect(coco["annotations"], parse, base_dir=Path(image_dir), split=split,
-                    max_pixels=max_pixels, allow_urls=allow_urls)
+    def parse(item: tuple[Any, list[str]]) -> _Candidate:
+        image_id, refs = item
+        return _Candidate(f"coco-{image_id}", files[image_id], prompt, refs)
+
+    return _collect(captions.items(), parse, base_dir=Path(image_dir), split=split,
+                    max_pixels=max_pixels, allow_urls=allow_urls, report=report)
 
 
 def read_llava_json(
@@ -230,16 +240,18 @@ def _collect(
     split: str,
     max_pixels: int,
     allow_urls: bool,
+    report: ReadReport | None = None,
 ) -> tuple[pa.Table, ReadReport]:
     """parse() each entry, then read, validate and re-encode its image.
 
     `parse` raises ValueError for a malformed entry (ends the read) or _Skip for data noise;
-    skips and undecodable images are reported and the rest become RECORD_SCHEMA rows.
+    skips and undecodable images are added to `report` (a new one by default) and the rest
+    become RECORD_SCHEMA rows.
     """
-    report = ReadReport()
+    report = report or ReadReport()
     records: list[dict[str, Any]] = []
     seen: set[str] = set()
-    png_by_source: dict[str, bytes] = {}  # COCO captions share an image: decode it once
+    png_by_source: dict[str, bytes] = {}  # manifest records may share an image: decode it once
     for entry in entries:
         report.n_read += 1
         try:
@@ -251,8 +263,11 @@ def _collect(
             report.skipped.append((err.record_id, err.reason))
             continue
         seen.add(candidate.id)
+        refs = candidate.references
         records.append({"id": candidate.id, "image": png, "prompt": candidate.prompt,
-                        "reference": candidate.reference, "split": split, "scan_ids": None})
+                        "reference": refs[0] if refs else None,
+                        "references": refs,
+                        "split": split, "scan_ids": None})
     return to_table(records, RECORD_SCHEMA), report
 
 
@@ -292,12 +307,14 @@ def _manifest_candidate(where: str, row: Any) -> _Candidate:
     if not isinstance(image, (str, bytes)) or (isinstance(image, str) and not image.strip()):
         raise ValueError(f"{name}: field 'image' must be a file path or image bytes")
     reference = row.get("reference")
-    if reference is not None and not isinstance(reference, str):
-        raise ValueError(f"{name}: field 'reference' must be a string")
+    references = [reference] if isinstance(reference, str) else reference
+    if references is not None and (not isinstance(references, list) or not references
+                                   or not all(isinstance(r, str) for r in references)):
+        raise ValueError(f"{name}: field 'reference' must be a string or a non-empty list of strings")
     if IMAGE_PLACEHOLDER in values["prompt"]:
         raise _Skip(values["id"], f"prompt holds {values['prompt'].count(IMAGE_PLACEHOLDER)} literal <image> "
                     "placeholders; the record's one image is placed before the prompt")
-    return _Candidate(values["id"], image, values["prompt"], reference)
+    return _Candidate(values["id"], image, values["prompt"], references)
 
 
 def _llava_candidate(path: Path, entry: Any) -> _Candidate:
@@ -325,7 +342,7 @@ def _llava_candidate(path: Path, entry: Any) -> _Candidate:
     prompt = human.replace(IMAGE_PLACEHOLDER, "").strip()
     if not prompt:
         raise _Skip(record_id, "prompt is empty once the <image> placeholder is removed")
-    return _Candidate(record_id, image, prompt, gpt.strip())
+    return _Candidate(record_id, image, prompt, [gpt.strip()])
 
 
 def _first_turn(turns: list, speaker: str) -> str | None:

@@ -22,6 +22,9 @@ RECORD_SCHEMA = pa.schema(
         pa.field("image", pa.binary(), nullable=False),  # encoded PNG bytes
         pa.field("prompt", pa.string(), nullable=False),
         pa.field("reference", pa.string(), nullable=True),  # None where no label exists
+        # every reference of the image (COCO: all its captions), `reference` first; None where
+        # there is only `reference` (the digits task; files written before this field existed)
+        pa.field("references", pa.list_(pa.string()), nullable=True),
         pa.field("split", pa.string(), nullable=False),
         pa.field("scan_ids", pa.list_(pa.int32()), nullable=True),  # digits source scans
     ]
@@ -71,6 +74,18 @@ def to_table(table_or_records: pa.Table | Records, schema: pa.Schema) -> pa.Tabl
         table = _records_to_table(table_or_records, schema)
     _check_values(table, schema)
     return table
+
+
+def record_references(table: pa.Table) -> list[list[str] | None]:
+    """Every reference of each record of a RECORD_SCHEMA table, in row order.
+
+    Returns one list a row: the `references` column where it is set, else `[reference]`, else
+    None (an unlabeled record). Metrics over several references (multi-reference BLEU, ROUGE-L
+    max over references, CIDEr) read them here.
+    """
+    singles = table.column("reference").to_pylist()
+    lists = table.column("references").to_pylist()
+    return [many or ([one] if one is not None else None) for one, many in zip(singles, lists)]
 
 
 def write_table(table_or_records: pa.Table | Records, path: str | Path, schema: pa.Schema) -> Path:
@@ -164,14 +179,21 @@ def _convert(values: list, type_: pa.DataType) -> pa.Array:
 
 
 def _conform_table(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Reorder and cast a table's columns to `schema`; names the first missing/unknown field."""
-    missing = [name for name in schema.names if name not in table.column_names]
+    """Reorder and cast a table's columns to `schema`; names the first missing/unknown field.
+
+    A missing nullable field becomes a column of nulls, so files written before a field was
+    added (e.g. `references`) stay readable.
+    """
+    missing = [f.name for f in schema if not f.nullable and f.name not in table.column_names]
     unknown = [name for name in table.column_names if name not in schema.names]
     if missing or unknown:
         what = f"missing field '{missing[0]}'" if missing else f"unknown field '{unknown[0]}'"
         raise ValueError(f"table: {what}")
     columns = []
     for field in schema:
+        if field.name not in table.column_names:
+            columns.append(pa.nulls(table.num_rows, field.type))
+            continue
         column = table.column(field.name)
         wrong = f"table: field '{field.name}' must be {field.type}, got {column.type}"
         if not _castable(column.type, field.type):

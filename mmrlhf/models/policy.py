@@ -19,11 +19,14 @@ Greedy decoding (`do_sample=False`) reports the same tempered log-probs of the a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from mmrlhf.errors import CheckpointUnreachable
 
 PROMPT_FORMAT = "<image>\n{prompt}\n"
 
@@ -35,9 +38,22 @@ def load_policy(name_or_path: str, dtype: torch.dtype = torch.float32):
     (`pytorch_model.bin`) is refused with transformers' OSError, nothing in it is unpickled.
     The tokenizer pads on the left; a tokenizer without a pad token pads with eos.
     Source: transformers `AutoModelForImageTextToText`, `AutoProcessor`.
+
+    Raises:
+        CheckpointUnreachable: a hub id that cannot be downloaded (offline) nor found cached; one
+            line saying how to pass a local folder instead.
+        OSError: transformers' own, for other loading failures.
     """
-    model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype, use_safetensors=True)
-    processor = AutoProcessor.from_pretrained(name_or_path)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype, use_safetensors=True)
+        processor = AutoProcessor.from_pretrained(name_or_path)
+    except OSError as err:
+        if Path(name_or_path).exists() or "connect" not in str(err):
+            raise
+        raise CheckpointUnreachable(
+            f"policy {name_or_path!r} could not be reached (no network to huggingface.co, and not in the local "
+            f"cache): download it where there is network (`hf download {name_or_path} --local-dir DIR`) and pass "
+            "the folder, e.g. model.policy=/abs/DIR or --policy /abs/DIR") from err
     processor.tokenizer.padding_side = "left"
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token

@@ -18,6 +18,8 @@ checkpoints, so nothing downstream knows whether a model is a preset.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import shutil
 import tempfile
@@ -29,7 +31,7 @@ from transformers import (CLIPImageProcessor, FastVlmConfig, FastVlmForCondition
                           LlavaProcessor, ResNetConfig)
 
 from mmrlhf.models.reward import RewardModel, register_clip_config
-from mmrlhf.models.tokenizer import train_tokenizer
+from mmrlhf.models.tokenizer import default_corpus, train_tokenizer
 
 IMAGE_SIZE = 64  # pixels, square; the digits task renders 64x64
 # Presets see pixels in [0, 1], so a black background is exactly 0. With CLIP's mean/std the
@@ -105,17 +107,18 @@ def _lookup(presets: dict, name: str, kind: str):
     return presets[name]
 
 
-def build_policy_preset(name: str, out_dir: str | Path, seed: int = 0) -> Path:
+def build_policy_preset(name: str, out_dir: str | Path, seed: int = 0, corpus: list[str] | None = None) -> Path:
     """Build the policy preset `name` with random weights (seeded) and save it to `out_dir`.
 
-    Saves model (config + safetensors), tokenizer (trained here, `mmrlhf.models.tokenizer`)
+    Saves model (config + safetensors), tokenizer (trained here on `corpus`, default
+    `mmrlhf.models.tokenizer.default_corpus()`; see `train_tokenizer`)
     and `LlavaProcessor` with `save_pretrained`; `load_policy(out_dir)` loads them. The
     processor expands "<image>" to (64 / stride)^2 tokens, one per cell of the tower's feature map.
     The global torch RNG is left untouched. Raises ValueError for an unknown name.
     """
     spec = _lookup(POLICY_PRESETS, name, "policy")
     out_dir = Path(out_dir)
-    tokenizer = train_tokenizer()
+    tokenizer = train_tokenizer(corpus)
     image_processor = CLIPImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
                                          image_mean=UNIT_PIXELS["mean"], image_std=UNIT_PIXELS["std"],
                                          crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_center_crop=False)
@@ -174,15 +177,23 @@ def _build_once(build, name: str, final: Path) -> Path:
     return final
 
 
-def resolve_policy(name_or_path: str | Path, cache_dir: str | Path) -> str:
+def resolve_policy(name_or_path: str | Path, cache_dir: str | Path, corpus: list[str] | None = None) -> str:
     """A policy preset name -> its folder `cache_dir/policy-<name>`, built once; else unchanged.
 
+    corpus: texts to train the preset's tokenizer on besides `default_corpus()` (a user's
+    prompts and references, so their words are not `<unk>`); the folder is then
+    `policy-<name>-<first 12 hex of the corpus's SHA-256>`, one preset per corpus.
     Anything that is not a preset name (a local folder, a hub name such as
     "llava-hf/llava-interleave-qwen-0.5b-hf") passes through for `load_policy`.
     """
     if str(name_or_path) not in POLICY_PRESETS:
         return str(name_or_path)
-    return str(_build_once(build_policy_preset, str(name_or_path), Path(cache_dir) / f"policy-{name_or_path}"))
+    if corpus is None:
+        return str(_build_once(build_policy_preset, str(name_or_path), Path(cache_dir) / f"policy-{name_or_path}"))
+    texts = default_corpus() + list(corpus)
+    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
+    build = functools.partial(build_policy_preset, corpus=texts)
+    return str(_build_once(build, str(name_or_path), Path(cache_dir) / f"policy-{name_or_path}-{digest}"))
 
 
 def resolve_reward(name_or_path: str | Path, cache_dir: str | Path) -> str:

@@ -101,6 +101,9 @@ def policy_path(cfg, label: str) -> Path:
     """The policy a stage should load: ``init`` (the configured preset or checkpoint),
     ``sft``, ``rl``, or any other path / hub name passed through.
 
+    A preset on a user's data gets a tokenizer trained on the data's prompts and references
+    (:func:`mmrlhf.stages.data.data_corpus`, which builds the splits if they are missing).
+
     Raises:
         FileNotFoundError: ``sft``/``rl`` asked for before that stage has run, or a local path
             (starting with ``/``, ``.`` or ``~``, or with more slashes than a hub id) that does not exist.
@@ -109,7 +112,11 @@ def policy_path(cfg, label: str) -> Path:
 
     paths = RunPaths(cfg.run_dir)
     if label == "init":
-        return Path(resolve_policy(cfg.model.policy, paths.presets))
+        if cfg.data.source == "digits":  # the digits task's words are in the presets' own corpus
+            return Path(resolve_policy(cfg.model.policy, paths.presets))
+        from mmrlhf.stages.data import data_corpus
+
+        return Path(resolve_policy(cfg.model.policy, paths.presets, corpus=data_corpus(cfg)))
     trained = {"sft": (paths.sft_policy, "mmrlhf sft"), "rl": (paths.rl_policy, "mmrlhf rl")}
     if label in trained:
         path, command = trained[label]

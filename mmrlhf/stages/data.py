@@ -1,8 +1,8 @@
 """Stage 1, data: multimodal records → Parquet splits in the run directory.
 
 The embedded default builds the digits task (``mmrlhf.data.digits``); a user's manifest, COCO
-captions or LLaVA JSON is read with ``mmrlhf.data.formats`` and split by a seeded permutation
-into the same four pools (sft, feedback, val, test), so every later stage reads one layout.
+captions or LLaVA JSON is read with ``mmrlhf.data.formats`` and split by image with a seeded
+permutation into the same four pools (sft, feedback, val, test), so every later stage reads one layout.
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ from mmrlhf.config import DataConfig, RunConfig
 from mmrlhf.data import formats
 from mmrlhf.data.digits import DigitsSpec, write_digits
 from mmrlhf.data.media import decode_image
-from mmrlhf.data.schema import RECORD_SCHEMA, read_table, write_table
+from mmrlhf.data.schema import RECORD_SCHEMA, read_table, record_references, write_table
+from mmrlhf.data.splits import split_by_image
 from mmrlhf.stages.common import RunPaths
+from mmrlhf.stages.lineage import (DATA, check_current, check_no_dependents, differences, lineage_of, read_lineage,
+                                   write_lineage)
 
 log = logging.getLogger(__name__)
 
@@ -55,52 +58,59 @@ def _read_user_records(cfg: DataConfig) -> pa.Table:
     return table
 
 
-def _split_user_records(table: pa.Table, seed: int, path: str) -> dict[str, pa.Table]:
-    """Split ``table`` by a seeded permutation into SPLITS at ``_USER_FRACTIONS`` (rounded).
+def prepare_data(cfg: RunConfig, rebuild: bool = False, force: bool = False) -> dict[str, Path]:
+    """Write ``<run_dir>/data/<split>.parquet`` for the four splits and ``data/lineage.json``; returns their paths.
 
-    Raises:
-        ValueError: a split would be empty (names it, the record count and every split's size).
-    """
-    order = np.random.default_rng(seed).permutation(table.num_rows)
-    bounds = np.cumsum([0, *(int(round(f * table.num_rows)) for f in _USER_FRACTIONS[:-1]), table.num_rows])
-    bounds[-1] = table.num_rows
-    sizes = dict(zip(SPLITS, np.diff(bounds).tolist()))
-    empty = [name for name, size in sizes.items() if size == 0]
-    if empty:
-        counts = ", ".join(f"{name} {size}" for name, size in sizes.items())
-        shares = "/".join(f"{100 * f:g}" for f in _USER_FRACTIONS)
-        raise ValueError(f"{path}: {table.num_rows} usable records leave no record for split {', '.join(empty)} "
-                         f"({counts}; the splits take {shares}% of the records): add records")
-    out = {}
-    for name, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:]):
-        part = table.take(pa.array(np.sort(order[lo:hi])))
-        out[name] = part.set_column(part.schema.get_field_index("split"), "split", pa.array([name] * part.num_rows))
-    return out
+    When all four files exist they are kept: checked to be current (:func:`check_current`) unless
+    ``force``, or with ``rebuild`` (``mmrlhf data``) written again if the config or the user's
+    data file changed since. Replacing splits that later stages were made from is refused
+    (:func:`check_no_dependents`) unless ``force``.
 
-
-def prepare_data(cfg: RunConfig, force: bool = False) -> dict[str, Path]:
-    """Write ``<run_dir>/data/<split>.parquet`` for the four splits; returns their paths.
-
-    Skips the work when all four files exist, unless ``force``.
-
-    A user's records are split by a permutation seeded with ``data.seed``: 25/45/10/20% to
-    sft/feedback/val/test (``_USER_FRACTIONS``). Nothing is written when a check fails.
+    A user's images are split by a permutation seeded with ``data.seed``: 25/45/10/20% to
+    sft/feedback/val/test (``_USER_FRACTIONS``), all records of one image in one split
+    (:func:`mmrlhf.data.splits.split_by_image`). Nothing is written when a check fails.
 
     Raises:
         ValueError: a malformed user manifest (names the record and field); no usable record in
-            it, or too few for every split to get one (names the file and the counts).
+            it, or too few images for every split to get one (names the file and the counts).
+        StaleOutputError: the splits are stale, or other outputs were made from them (see above).
         FileNotFoundError: the user's data file is missing.
     """
     paths = RunPaths(cfg.run_dir)
     out = {name: paths.split(name) for name in SPLITS}
-    if not force and all(p.exists() for p in out.values()):
-        return out
+    record = lineage_of(cfg, DATA, [] if cfg.data.source == "digits" else [Path(cfg.data.path)])
+    if all(p.exists() for p in out.values()):
+        if not rebuild:
+            check_current(cfg, DATA.folder, force)
+            return out
+        old = read_lineage(paths.root, DATA.folder)
+        if old is not None and not differences(old, record) and not force:
+            print(f"data: {paths.data} is up to date with the config and {cfg.data.path or 'the digits task'}")
+            return out
+    check_no_dependents(cfg, record, DATA.folder, force)
     if cfg.data.source == "digits":
-        written = write_digits(digits_spec(cfg.data), paths.data)
-        return {name: Path(written[name]) for name in SPLITS}
-    for name, part in _split_user_records(_read_user_records(cfg.data), cfg.data.seed, cfg.data.path).items():
-        write_table(part, out[name], RECORD_SCHEMA)
+        write_digits(digits_spec(cfg.data), paths.data)
+    else:
+        splits = split_by_image(_read_user_records(cfg.data), SPLITS, _USER_FRACTIONS, cfg.data.seed, cfg.data.path)
+        for name, part in splits.items():
+            write_table(part, out[name], RECORD_SCHEMA)
+    write_lineage(cfg, record, DATA.folder)
     return out
+
+
+def data_corpus(cfg: RunConfig) -> list[str]:
+    """The prompts and every reference of all splits (built first if missing), for a preset's tokenizer.
+
+    All splits, test included: a word first seen at test time would be `<unk>` however good the
+    policy; its embedding is never trained on test data, only reserved.
+    """
+    prepare_data(cfg)
+    texts: list[str] = []
+    for name in SPLITS:
+        table = load_split(cfg, name)
+        texts += table.column("prompt").to_pylist()
+        texts += [ref for refs in record_references(table) if refs for ref in refs]
+    return texts
 
 
 def load_split(cfg: RunConfig, name: str) -> pa.Table:

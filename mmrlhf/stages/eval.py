@@ -1,50 +1,32 @@
-"""Stage 6, eval: held-out exact match, BLEU, ROUGE-L, reward-model score and gold score.
+"""Stage 6, eval: held-out exact match, BLEU, ROUGE-L, CIDEr, reward-model score and gold score.
 
-BLEU is sacrebleu's corpus BLEU (Post 2018), ROUGE-L the F-measure of Google's rouge-score
-(Lin 2004); exact match and the gold score come from ``mmrlhf.data.digits``, the gold score only
-for the digits task (:attr:`mmrlhf.config.DataConfig.has_gold_score`).
+The text metrics use every reference of a record (:mod:`mmrlhf.stages.text_metrics`); the
+gold score comes from ``mmrlhf.data.digits``, only for the digits task
+(:attr:`mmrlhf.config.DataConfig.has_gold_score`).
 Greedy decoding. Writes ``metrics.json`` and the samples for human review as Parquet and CSV.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-import sacrebleu
 import torch
-from rouge_score import rouge_scorer
 from tqdm import tqdm
 
 from mmrlhf.config import RunConfig
-from mmrlhf.data.digits import exact_match, gold_score
+from mmrlhf.data.digits import gold_score
+from mmrlhf.data.schema import record_references
 from mmrlhf.models.policy import encode_prompts, generate, load_policy
 from mmrlhf.reward.scorer import RewardScorer
 from mmrlhf.stages.common import RunPaths, atomic_dir, policy_path, write_json
+from mmrlhf.stages.fit import warn_truncation
+from mmrlhf.stages.lineage import LINEAGE_FILE, check_current, eval_stage, lineage_of
 from mmrlhf.stages.data import decode_images, load_split, prepare_data
-
-
-def text_metrics(hypotheses: list[str], references: list[str]) -> dict[str, float]:
-    """Exact match and its standard error, BLEU and ROUGE-L, all in percent (0–100).
-
-    Raises:
-        ValueError: the lists differ in length or are empty.
-    """
-    if len(hypotheses) != len(references) or not hypotheses:
-        raise ValueError(f"text_metrics: {len(hypotheses)} hypotheses for {len(references)} references")
-    em = np.array([exact_match(h, r) for h, r in zip(hypotheses, references)], dtype=np.float64)
-    scorer = rouge_scorer.RougeScorer(["rougeL"])
-    rouge = [scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hypotheses, references)]
-    return {
-        "exact_match": 100 * em.mean(),
-        "exact_match_stderr": 100 * math.sqrt(em.mean() * (1 - em.mean()) / len(em)),
-        "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
-        "rouge_l": 100 * float(np.mean(rouge)),
-    }
+from mmrlhf.stages.text_metrics import text_metrics
 
 
 @torch.no_grad()
@@ -58,29 +40,41 @@ def greedy_responses(model, processor, images: list[np.ndarray], prompts: list[s
     return texts
 
 
-def run_eval(cfg: RunConfig, policy: str = "sft") -> dict[str, float]:
+def run_eval(cfg: RunConfig, policy: str = "sft", force: bool = False) -> dict[str, float]:
     """Evaluate a policy (``sft``, ``rl``, ``init`` or a path) on ``cfg.eval.split``.
 
-    Writes ``<run_dir>/eval/<label>/{metrics.json,samples.parquet,samples.csv}`` and returns
-    the metrics: ``exact_match``, ``bleu``, ``rouge_l`` (percent), ``gold`` (mean gold score,
+    Writes ``<run_dir>/eval/<label>/{metrics.json,samples.parquet,samples.csv,lineage.json}`` and returns
+    the metrics: ``exact_match``, ``bleu``, ``rouge_l`` (percent), ``cider``, ``gold`` (mean gold score,
     0–1, digits task only), ``reward`` (mean reward-model score, when a reward model was trained).
 
     Raises:
         FileNotFoundError: the policy to evaluate has not been trained yet.
+        StaleOutputError: the split, the policy or the reward model no longer match what made
+            them (names the one to re-make and its command), unless ``force``.
     """
     path = policy_path(cfg, policy)  # a missing policy is named before any data is built
-    prepare_data(cfg)
+    prepare_data(cfg, force=force)
     paths = RunPaths(cfg.run_dir)
+    # the stage outputs it reads: the policy when trained here, the reward model when there is one
+    made_here = [policy] * (policy in ("sft", "rl")) + ["reward"] * (paths.reward_model / "config.json").exists()
+    for folder in made_here:
+        check_current(cfg, folder, force)
+    record = lineage_of(cfg, eval_stage(_label(policy)),
+                        [paths.split(cfg.eval.split), *(paths.root / f / LINEAGE_FILE for f in made_here)])
     model, processor = load_policy(str(path))
     model.eval()
     table = load_split(cfg, cfg.eval.split)
     images = decode_images(table, cfg.data.max_image_pixels)
     prompts = table.column("prompt").to_pylist()
     references = table.column("reference").to_pylist()
+    all_references = record_references(table)
+    warn_truncation(processor.tokenizer, [ref for refs in all_references for ref in refs], cfg.eval.max_new_tokens,
+                    "eval.max_new_tokens", f"the {cfg.eval.split} split's references")
     texts = greedy_responses(model, processor, images, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens)
 
-    metrics = text_metrics(texts, references)
-    columns = {"id": table.column("id"), "prompt": prompts, "reference": references, "response": texts}
+    metrics = text_metrics(texts, all_references)
+    columns = {"id": table.column("id"), "prompt": prompts, "reference": references,
+               "references": all_references, "response": texts}
     if cfg.data.has_gold_score:
         columns["gold"] = [gold_score(t, r) for t, r in zip(texts, references)]
         metrics["gold"] = float(np.mean(columns["gold"]))
@@ -90,13 +84,24 @@ def run_eval(cfg: RunConfig, policy: str = "sft") -> dict[str, float]:
         columns["reward"] = rewards.tolist()
     metrics["n"] = len(texts)
 
-    label = policy if policy in ("sft", "rl", "init") else Path(policy).name
     samples = pa.table(columns).slice(0, cfg.eval.n_review)
-    with atomic_dir(paths.eval_dir(label)) as out:
+    with atomic_dir(paths.eval_dir(_label(policy))) as out:
         pq.write_table(samples, out / "samples.parquet")
-        pacsv.write_csv(samples, out / "samples.csv")
+        pacsv.write_csv(_flat_references(samples), out / "samples.csv")
         write_json(out / "metrics.json", metrics)
+        write_json(out / LINEAGE_FILE, record)
     return metrics
+
+
+def _label(policy: str) -> str:
+    """The folder under ``eval/`` of a policy: ``sft``, ``rl``, ``init`` or a path's last part."""
+    return policy if policy in ("sft", "rl", "init") else Path(policy).name
+
+
+def _flat_references(samples: pa.Table) -> pa.Table:
+    """``samples`` with its list column ``references`` joined by " | " (CSV holds no lists)."""
+    joined = [" | ".join(refs or []) for refs in samples.column("references").to_pylist()]
+    return samples.set_column(samples.schema.get_field_index("references"), "references", pa.array(joined))
 
 
 def print_metrics(metrics: dict[str, float]) -> None:

@@ -21,6 +21,8 @@ from mmrlhf.data.schema import PREFERENCE_SCHEMA, write_table
 from mmrlhf.feedback.simulated import simulate_preferences
 from mmrlhf.models.policy import encode_prompts, generate, load_policy
 from mmrlhf.stages.common import RunPaths, policy_path, seed_everything
+from mmrlhf.stages.lineage import (FEEDBACK_SIMULATE, SFT, check_current, check_no_dependents, lineage_of,
+                                   stage_input, write_lineage)
 from mmrlhf.stages.data import decode_images, load_split, prepare_data
 
 _PROMPTS_PER_BATCH = 16
@@ -29,13 +31,16 @@ NO_GOLD_SCORE = ("the simulated annotator needs the digits task's gold score (da
 
 
 @torch.no_grad()
-def run_feedback_simulation(cfg: RunConfig) -> int:
+def run_feedback_simulation(cfg: RunConfig, force: bool = False) -> int:
     """Sample, ask the simulated annotator, write the pairs; returns the number of pairs.
+
+    Writes ``feedback/lineage.json`` (:mod:`mmrlhf.stages.lineage`); ``force`` skips its checks.
 
     Raises:
         ConfigError: the data has no gold score (not the digits task), before anything is loaded.
         FileNotFoundError: no SFT policy yet (run ``mmrlhf sft``).
         ValueError: the simulated annotator produced no pair (every sample tied).
+        StaleOutputError: the splits or ``sft/`` are stale, or outputs made from ``feedback/`` exist.
     """
     if not cfg.data.has_gold_score:
         raise ConfigError(f"data.source={cfg.data.source}: {NO_GOLD_SCORE}")
@@ -43,7 +48,11 @@ def run_feedback_simulation(cfg: RunConfig) -> int:
     generator = seed_everything(cfg.seed + 1)
     rng = np.random.default_rng(cfg.seed + 1)
     sft = policy_path(cfg, "sft")  # a missing SFT policy is named before any data is built
-    prepare_data(cfg)
+    prepare_data(cfg, force=force)
+    check_current(cfg, SFT.folder, force)
+    paths = RunPaths(cfg.run_dir)
+    record = lineage_of(cfg, FEEDBACK_SIMULATE, [paths.split("feedback"), stage_input(cfg, SFT)])
+    check_no_dependents(cfg, record, FEEDBACK_SIMULATE.folder, force)
     model, processor = load_policy(str(sft))
     model.eval()
     table = load_split(cfg, "feedback").slice(0, fb.n_prompts)
@@ -65,6 +74,7 @@ def run_feedback_simulation(cfg: RunConfig) -> int:
             pairs += simulate_preferences(ids[i], samples, gold, fb.bt_temperature, rng, fb.annotator)
     if not pairs:
         raise ValueError("feedback: every prompt's samples tied on gold score; no preference pair to write")
-    write_table([dataclasses.asdict(p) for p in pairs], RunPaths(cfg.run_dir).pairs, PREFERENCE_SCHEMA)
+    write_table([dataclasses.asdict(p) for p in pairs], paths.pairs, PREFERENCE_SCHEMA)
+    write_lineage(cfg, record, FEEDBACK_SIMULATE.folder)
     print(f"feedback: {len(pairs)} preference pairs from {len(ids)} prompts x {k} samples")
     return len(pairs)

@@ -26,6 +26,8 @@ from mmrlhf.data.schema import PREFERENCE_SCHEMA, read_table
 from mmrlhf.models.presets import resolve_reward
 from mmrlhf.models.reward import RewardModel
 from mmrlhf.stages.common import RunPaths, atomic_dir, minibatches, seed_everything, write_json
+from mmrlhf.stages.lineage import (FEEDBACK_SIMULATE, REWARD, check_current, check_no_dependents, lineage_of,
+                                   stage_input, write_lineage)
 from mmrlhf.stages.data import decode_images, load_split
 
 
@@ -138,12 +140,15 @@ def pairwise_accuracy(model: RewardModel, images: torch.Tensor, rows, chosen, re
     return float((chosen_scores > rejected_scores).float().mean())
 
 
-def run_reward_training(cfg: RunConfig) -> dict[str, float]:
+def run_reward_training(cfg: RunConfig, force: bool = False) -> dict[str, float]:
     """Train and save the reward model; returns ``{"reward/val_accuracy", "reward/train_accuracy", ...}``.
+
+    Writes ``reward/lineage.json`` (:mod:`mmrlhf.stages.lineage`); ``force`` skips its checks.
 
     Raises:
         FileNotFoundError: no preference pairs yet (run ``mmrlhf feedback simulate`` or ``import``).
         ValueError: a pair names a prompt id missing from the feedback split.
+        StaleOutputError: the splits or the pairs are stale, or outputs made from ``reward/`` exist.
     """
     rc = cfg.reward
     generator = seed_everything(cfg.seed + 2)
@@ -151,6 +156,9 @@ def run_reward_training(cfg: RunConfig) -> dict[str, float]:
     if not paths.pairs.exists():
         raise FileNotFoundError(f"no preference pairs at {paths.pairs}: run `mmrlhf feedback simulate` "
                                 "or `mmrlhf feedback import` first")
+    check_current(cfg, FEEDBACK_SIMULATE.folder, force)  # and the splits the pairs were made on
+    record = lineage_of(cfg, REWARD, [stage_input(cfg, FEEDBACK_SIMULATE), paths.split("feedback"), paths.split("sft")])
+    check_no_dependents(cfg, record, REWARD.folder, force)
     pairs = read_table(paths.pairs, PREFERENCE_SCHEMA)
     feedback = load_split(cfg, "feedback")
     prompt_ids = sorted(set(pairs.column("prompt_id").to_pylist()))
@@ -194,5 +202,6 @@ def run_reward_training(cfg: RunConfig) -> dict[str, float]:
     with atomic_dir(paths.reward_model) as out:
         model.save_pretrained(out)
     write_json(paths.reward_model.parent / "metrics.json", metrics)
+    write_lineage(cfg, record, REWARD.folder)
     print(f"reward: held-out pairwise accuracy {metrics['reward/val_accuracy']:.3f} on {len(val[0])} pairs")
     return metrics

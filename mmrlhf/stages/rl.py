@@ -19,6 +19,7 @@ from typing import Iterator
 
 import ray
 from ray import serve
+from transformers import AutoTokenizer
 
 from mmrlhf.algorithms.kl import AdaptiveKLController, FixedKLController
 from mmrlhf.checkpoint import CheckpointDir, read_state, restore_run, save_run, truncate_log
@@ -33,6 +34,8 @@ from mmrlhf.reward.serve_app import build_reward_app, deploy_reward
 from mmrlhf.rollout.prompts import PromptSource
 from mmrlhf.rollout.worker import RolloutGroup, serve_scorer
 from mmrlhf.stages.common import RunPaths, atomic_dir, policy_path
+from mmrlhf.stages.lineage import REWARD, RL, SFT, check_current, lineage_of, stage_input, write_lineage
+from mmrlhf.stages.fit import check_cluster_fits, check_prompts_fit, warn_truncation
 from mmrlhf.stages.data import load_split, prepare_data
 from mmrlhf.sync import ObjectStoreTransport, WeightSync, load_state_dict_strict
 
@@ -56,16 +59,26 @@ def _local_cpus(cfg: RunConfig) -> int:
     return r.num_cpus or max(os.cpu_count() or 1, int(needed + 0.999))
 
 
-def rl_inputs(cfg: RunConfig) -> str:
-    """The SFT policy's path, after checking that the RL stage's inputs (SFT policy, reward model) exist.
+def rl_inputs(cfg: RunConfig, force: bool = False) -> str:
+    """The SFT policy's path, after checking that the RL stage's inputs (SFT policy, reward model)
+    exist and are current (:func:`mmrlhf.stages.lineage.check_current`, skipped with ``force``).
 
     Raises:
         FileNotFoundError: naming the missing output and the command that makes it.
+        StaleOutputError: naming the stale output and the command that makes it again.
+        ValueError: ``rl.prompts_per_step`` exceeds the feedback split. References longer than
+            ``rl.max_new_tokens`` are logged as a warning with the share that would be cut.
     """
     sft = str(policy_path(cfg, "sft"))
     reward_model = RunPaths(cfg.run_dir).reward_model
     if not (reward_model / "config.json").exists():
         raise FileNotFoundError(f"no reward model at {reward_model}: run `mmrlhf reward train` first")
+    for stage in (SFT, REWARD):
+        check_current(cfg, stage.folder, force)
+    pool = load_split(cfg, "feedback")
+    check_prompts_fit("rl.prompts_per_step", cfg.rl.prompts_per_step, "feedback", pool.num_rows)
+    warn_truncation(AutoTokenizer.from_pretrained(sft), [r for r in pool.column("reference").to_pylist() if r],
+                    cfg.rl.max_new_tokens, "rl.max_new_tokens", "the feedback split's references")
     return sft
 
 
@@ -107,18 +120,20 @@ class RLSystem:
 
 
 @contextlib.contextmanager
-def rl_system(cfg: RunConfig) -> Iterator[RLSystem]:
+def rl_system(cfg: RunConfig, force: bool = False) -> Iterator[RLSystem]:
     """Deploy the reward model, start the rollout workers and the learner group; tear down on exit.
 
     Needs a connected Ray cluster (see :func:`run_rl`); removes the Serve application, the
-    actors and the placement group on exit, also after an error.
+    actors and the placement group on exit, also after an error. ``force``: as in :func:`rl_inputs`.
 
     Raises:
+        ValueError: the cluster lacks resources the configured actors need (names them).
         FileNotFoundError: no SFT policy or no reward model yet.
     """
     rl, res = cfg.rl, cfg.resources
-    sft = rl_inputs(cfg)
-    prepare_data(cfg)
+    check_cluster_fits(cfg, ray.cluster_resources(), ray.available_resources())
+    sft = rl_inputs(cfg, force)
+    prepare_data(cfg, force=force)
     pool = load_split(cfg, "feedback")
     rollout_group = learner_group = None
     try:
@@ -148,7 +163,7 @@ def rl_system(cfg: RunConfig) -> Iterator[RLSystem]:
         serve.delete(REWARD_APP)
 
 
-def run_rl(cfg: RunConfig, resume: bool = False) -> list[dict[str, float]]:
+def run_rl(cfg: RunConfig, resume: bool = False, force: bool = False) -> list[dict[str, float]]:
     """Run the RL stage; returns the metrics of the steps it ran (also in ``<run_dir>/rl/metrics.jsonl``).
 
     Checkpoints every ``rl.checkpoint_every`` steps and after the last one; ``resume`` continues
@@ -157,9 +172,10 @@ def run_rl(cfg: RunConfig, resume: bool = False) -> list[dict[str, float]]:
     :class:`mmrlhf.metrics.RLMetricsLogger`. A Ray connection that is already open (``mmrlhf
     train`` in a submitted job) is used and left open; otherwise ``ray.init()`` joins
     ``RAY_ADDRESS`` when set, else starts (and afterwards stops) a local cluster sized for the
-    configured actors.
+    configured actors. Writes ``rl/lineage.json`` once the policy is saved.
 
     Raises:
+        StaleOutputError: the SFT policy or reward model is stale (unless ``force``).
         FileNotFoundError: no SFT policy or no reward model yet; ``resume`` without a checkpoint.
         FileExistsError: checkpoints of an earlier run exist and ``resume`` is off.
         ValueError: ``resume`` with a config that changes the run (names the settings).
@@ -167,8 +183,9 @@ def run_rl(cfg: RunConfig, resume: bool = False) -> list[dict[str, float]]:
         RuntimeError: the learner group could not be placed or a rank failed (names the cause).
     """
     started = time.perf_counter()
-    rl_inputs(cfg)  # before anything is started or written
+    rl_inputs(cfg, force)  # before anything is started or written
     paths = RunPaths(cfg.run_dir)
+    record = lineage_of(cfg, RL, [stage_input(cfg, SFT), stage_input(cfg, REWARD), paths.split("feedback")])
     checkpoints = CheckpointDir(paths.rl_checkpoints, keep=cfg.rl.keep_checkpoints)
     start = checkpoints.latest()
     if resume and start is None:
@@ -187,7 +204,7 @@ def run_rl(cfg: RunConfig, resume: bool = False) -> list[dict[str, float]]:
         init_ray(num_cpus=_local_cpus(cfg) if local else None, include_dashboard=False if local else None)
     logger = RLMetricsLogger(cfg.run_dir, cfg.rl.steps, state["step"] if state else 0)  # JSONL, TensorBoard, Ray metrics, plot
     try:
-        with rl_system(cfg) as system:
+        with rl_system(cfg, force) as system:
             start_step = 0
             if state:
                 start_step = restore_run(start, state, system.learner_group, system.prompts,
@@ -215,6 +232,7 @@ def run_rl(cfg: RunConfig, resume: bool = False) -> list[dict[str, float]]:
             train_loop(cfg.rl, system.prompts, system.rollout_group, system.learner_group, system.weight_sync,
                        system.kl_controller, on_step, start_step, checkpoint)
             save_policy(system.learner_group, system.policy_path, paths.rl_policy)
+            write_lineage(cfg, record, RL.folder)
             print(f"rl: {gold_verdict(history)}", flush=True)
     finally:
         logger.close()

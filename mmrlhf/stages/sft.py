@@ -25,9 +25,12 @@ from transformers import get_cosine_schedule_with_warmup
 from mmrlhf.algorithms.masked import masked_mean
 from mmrlhf.algorithms.pretrain import bag_of_words_loss
 from mmrlhf.config import RunConfig
+from mmrlhf.data.schema import record_references
 from mmrlhf.models.policy import (PromptBatch, encode_prompts, encode_responses, image_features, load_policy,
                                   response_logprobs)
 from mmrlhf.stages.common import RunPaths, atomic_dir, minibatches, policy_path, seed_everything
+from mmrlhf.stages.fit import warn_truncation
+from mmrlhf.stages.lineage import SFT, check_no_dependents, lineage_of, write_lineage
 from mmrlhf.stages.data import decode_images, load_split, prepare_data
 
 
@@ -67,20 +70,33 @@ def vision_warmup(model, pixel_values: torch.Tensor, response_ids: torch.Tensor,
     return sum(losses) / max(len(losses), 1)
 
 
-def run_sft(cfg: RunConfig) -> float:
+def run_sft(cfg: RunConfig, force: bool = False) -> float:
     """Fine-tune the policy on the ``sft`` split; returns the last epoch's mean loss (nats/token).
+
+    Each record gives one example per reference (:func:`mmrlhf.data.schema.record_references`).
+    Writes ``sft/lineage.json`` (:mod:`mmrlhf.stages.lineage`); ``force`` skips its checks.
 
     Raises:
         ValueError: a record of the split has no reference (names the record).
+        StaleOutputError: the splits are stale, or outputs made from ``sft/`` exist and the
+            config or splits changed since it was made.
     """
     generator = seed_everything(cfg.seed)
-    prepare_data(cfg)
+    prepare_data(cfg, force=force)
+    paths = RunPaths(cfg.run_dir)
+    record = lineage_of(cfg, SFT, [paths.split("sft")])
+    check_no_dependents(cfg, record, SFT.folder, force)
     table = load_split(cfg, "sft")
-    references = table.column("reference").to_pylist()
-    missing = [rid for rid, ref in zip(table.column("id").to_pylist(), references) if not ref]
+    per_record = record_references(table)
+    missing = [rid for rid, refs in zip(table.column("id").to_pylist(), per_record) if not refs or not all(refs)]
     if missing:
         raise ValueError(f"sft: record {missing[0]} has no reference (field 'reference'), and {len(missing) - 1} more")
+    # one example per (image, reference): an image with several captions teaches each of them
+    table = table.take([row for row, refs in enumerate(per_record) for _ in refs])
+    references = [ref for refs in per_record for ref in refs]
     model, processor = load_policy(str(policy_path(cfg, "init")))
+    warn_truncation(processor.tokenizer, references, cfg.sft.max_new_tokens, "sft.max_new_tokens",
+                    "the sft split's references")
     prompts = encode_prompts(processor, decode_images(table, cfg.data.max_image_pixels),
                              table.column("prompt").to_pylist())
     response_ids, response_mask = encode_responses(processor, references, cfg.sft.max_new_tokens)
@@ -107,7 +123,8 @@ def run_sft(cfg: RunConfig) -> float:
             scheduler.step()
             losses.append(loss.item())
         progress.set_postfix(loss=f"{sum(losses) / len(losses):.3f}")
-    with atomic_dir(RunPaths(cfg.run_dir).sft_policy) as out:
+    with atomic_dir(paths.sft_policy) as out:
         model.save_pretrained(out)
         processor.save_pretrained(out)
+    write_lineage(cfg, record, SFT.folder)
     return sum(losses) / len(losses)

@@ -13,8 +13,9 @@ from mmrlhf.cluster import submitted_job_connection
 from mmrlhf.config import RunConfig, load_config, save_config, to_dict
 from mmrlhf.metrics import StageTimer
 from mmrlhf.stages.common import RunPaths
+from mmrlhf.stages.lineage import check_current
 
-TABLE_ROWS = (("exact_match", "exact match (%)"), ("bleu", "BLEU"), ("rouge_l", "ROUGE-L"),
+TABLE_ROWS = (("exact_match", "exact match (%)"), ("bleu", "BLEU"), ("rouge_l", "ROUGE-L"), ("cider", "CIDEr"),
               ("reward", "reward-model score"), ("gold", "gold score"))
 
 
@@ -68,7 +69,9 @@ def check_same_run(cfg: RunConfig, paths: RunPaths) -> None:
 def run_train(cfg: RunConfig, resume: bool = False) -> tuple[dict[str, float], dict[str, float]]:
     """Run every stage whose output is missing, then evaluate SFT and RLHF; returns both metrics.
 
-    Raises ValueError (:func:`check_same_run`) when the run directory was made with another config.
+    Raises ValueError (:func:`check_same_run`) when the run directory was made with another config,
+    and :class:`mmrlhf.stages.lineage.StaleOutputError` when a kept stage output no longer matches
+    its inputs (e.g. the user's data file changed): the same checks as the stage commands.
 
     ``resume``: an unfinished RL stage continues from its newest checkpoint when it has one; so
     does a finished one whose ``rl.steps`` was raised (its policy is then written again).
@@ -87,7 +90,7 @@ def run_train(cfg: RunConfig, resume: bool = False) -> tuple[dict[str, float], d
     check_same_run(cfg, paths)
     paths.root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, paths.root / "config.yaml")
-    stages = [
+    stages = [  # (name = its output folder, done, run)
         ("data", lambda: all(paths.split(s).exists() for s in ("sft", "feedback", "val", "test")), lambda: prepare_data(cfg)),
         ("sft", paths.sft_policy.exists, lambda: run_sft(cfg)),
         ("feedback", paths.pairs.exists, lambda: run_feedback_simulation(cfg)),
@@ -98,6 +101,7 @@ def run_train(cfg: RunConfig, resume: bool = False) -> tuple[dict[str, float], d
     with submitted_job_connection(), contextlib.closing(StageTimer(paths.root)) as timed:
         for name, done, run in stages:
             if done():
+                check_current(cfg, name)  # an output kept must still match its inputs and settings
                 print(f"train: {name} output exists in {paths.root}, skipping")
             else:
                 print(f"train: stage {name}", flush=True)

@@ -56,6 +56,20 @@ def test_jsonl_manifest_keeps_good_records_and_reports_broken_images(tmp_path, i
     assert "refused unless data.allow_urls=true" in reasons["web"]
 
 
+def test_manifest_reference_may_be_a_list_of_references(tmp_path, images):
+    manifest = write_jsonl(tmp_path / "m.jsonl", [
+        {"id": "one", "image": "img/good.png", "prompt": "?", "reference": "gray"},
+        {"id": "many", "image": "img/good.png", "prompt": "?", "reference": ["a ramp", "gray shades"]},
+    ])
+    table, _ = read_manifest(manifest)
+    assert table["reference"].to_pylist() == ["gray", "a ramp"]
+    assert table["references"].to_pylist() == [["gray"], ["a ramp", "gray shades"]]
+    write_jsonl(manifest, [{"id": "x", "image": "img/good.png", "prompt": "?", "reference": ["ok", 3]}])
+    with pytest.raises(ValueError, match=r"m.jsonl line 1 \(record x\): field 'reference' must be a string or a "
+                                         "non-empty list of strings"):
+        read_manifest(manifest)
+
+
 def test_parquet_manifest_accepts_image_bytes_or_paths(tmp_path, images):
     png = encode_png(GRAY)
     noise = encode_png(np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8))
@@ -94,7 +108,7 @@ def test_manifest_with_unknown_extension_is_refused(tmp_path):
         read_manifest(tmp_path / "m.csv")
 
 
-def test_coco_captions_give_one_record_per_caption(tmp_path, images):
+def test_coco_captions_give_one_record_per_image_with_all_its_captions(tmp_path, images):
     annotations = tmp_path / "captions.json"
     annotations.write_text(json.dumps({
         "images": [{"id": 1, "file_name": "good.png"}, {"id": 2, "file_name": "corrupt.png"}],
@@ -107,12 +121,13 @@ def test_coco_captions_give_one_record_per_caption(tmp_path, images):
         ],
     }))
     table, report = read_coco_captions(images, annotations, prompt="Caption it.")
-    assert table["id"].to_pylist() == ["coco-1-10", "coco-1-11"]
-    assert table["reference"].to_pylist() == ["A gray ramp.", "Shades of gray."]
+    assert table["id"].to_pylist() == ["coco-1"]
+    assert table["reference"].to_pylist() == ["A gray ramp."]
+    assert table["references"].to_pylist() == [["A gray ramp.", "Shades of gray."]]
     assert set(table["prompt"].to_pylist()) == {"Caption it."}
-    assert report.n_read == 5
-    assert [rid for rid, _ in report.skipped] == ["coco-2-12", "coco-9-13", "coco-1-14"]
-    assert "image_id 9" in report.skipped[1][1] and "empty" in report.skipped[2][1]
+    assert report.n_read == 4  # two captions skipped before grouping, then two images
+    assert [rid for rid, _ in report.skipped] == ["coco-9-13", "coco-1-14", "coco-2"]
+    assert "image_id 9" in report.skipped[0][1] and "empty" in report.skipped[1][1]
 
 
 def test_coco_file_without_annotations_is_refused(tmp_path, images):

@@ -8,6 +8,7 @@ from mmrlhf.data.schema import (
     PREFERENCE_SCHEMA,
     RECORD_SCHEMA,
     read_table,
+    record_references,
     to_table,
     write_table,
 )
@@ -17,7 +18,7 @@ PNG = encode_png(np.zeros((4, 4), dtype=np.uint8))
 
 def record(record_id="r1", **overrides):
     row = {"id": record_id, "image": PNG, "prompt": "What number is written?",
-           "reference": "one", "split": "sft", "scan_ids": [1, 2]}
+           "reference": "one", "references": None, "split": "sft", "scan_ids": [1, 2]}
     row.update(overrides)
     return row
 
@@ -28,6 +29,19 @@ def test_records_round_trip_through_parquet(tmp_path):
     table = read_table(path, RECORD_SCHEMA)
     assert table.schema == RECORD_SCHEMA
     assert table.to_pylist() == rows
+
+
+def test_file_written_before_references_existed_reads_back_with_its_single_reference(tmp_path):
+    old = {k: [v] for k, v in record().items() if k != "references"}
+    pq.write_table(pa.table(old), tmp_path / "old.parquet")
+    table = read_table(tmp_path / "old.parquet", RECORD_SCHEMA)
+    assert table.column("references").to_pylist() == [None]
+    assert record_references(table) == [["one"]]
+
+
+def test_record_references_prefer_the_list_and_keep_unlabeled_records_none():
+    table = to_table([record("a", references=["one", "uno"]), record("b", reference=None)], RECORD_SCHEMA)
+    assert record_references(table) == [["one", "uno"], None]
 
 
 def test_table_with_castable_types_and_other_column_order_is_conformed():

@@ -47,7 +47,7 @@ def test_import_writes_pairs_then_refuses_to_overwrite_unless_appending(cfg, tmp
     assert capsys.readouterr().out.strip().endswith("4 preference pairs (ranking) over 2 prompts from 2 annotators; "
                                                     f"{RunPaths(cfg.run_dir).pairs} holds 4")
     pairs_file = RunPaths(cfg.run_dir).pairs
-    written = pairs_file.read_bytes()
+    written, lineage = pairs_file.read_bytes(), (pairs_file.parent / "lineage.json").read_bytes()
     pairwise = write_jsonl(tmp_path / "pw.jsonl", [{"prompt_id": p1, "chosen": "x", "rejected": "y"}])
     with pytest.raises(FileExistsError, match="already holds preference pairs; pass --append"):
         run_feedback_import(cfg, pairwise, "pairwise")
@@ -77,14 +77,14 @@ def test_bad_file_leaves_existing_pairs_untouched_and_no_temp_file(cfg, tmp_path
     good = write_jsonl(tmp_path / "good.jsonl", [{"prompt_id": p0, "chosen": "a", "rejected": "b"}])
     run_feedback_import(cfg, good, "pairwise")
     pairs_file = RunPaths(cfg.run_dir).pairs
-    written = pairs_file.read_bytes()
+    written, lineage = pairs_file.read_bytes(), (pairs_file.parent / "lineage.json").read_bytes()
     # an SFT record has an image too, but it is not a prompt of the feedback split
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt_id": p0, "chosen": "c", "rejected": "d"},
                                                {"prompt_id": sft_id, "chosen": "c", "rejected": "d"}])
     with pytest.raises(ValueError, match=rf"bad\.jsonl line 2: prompt_id '{sft_id}' is not in the run's feedback split"):
         run_feedback_import(cfg, bad, "pairwise", append=True)
-    assert pairs_file.read_bytes() == written
-    assert sorted(p.name for p in pairs_file.parent.iterdir()) == ["pairs.parquet"]
+    assert pairs_file.read_bytes() == written and (pairs_file.parent / "lineage.json").read_bytes() == lineage
+    assert sorted(p.name for p in pairs_file.parent.iterdir()) == ["lineage.json", "pairs.parquet"]
 
 
 def test_cli_round_trip_and_one_line_errors(cfg, tmp_path, capsys):

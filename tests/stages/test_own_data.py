@@ -72,10 +72,69 @@ def test_manifest_whose_images_are_all_broken_is_an_error_and_writes_nothing(tmp
 def test_too_few_records_for_every_split_is_an_error_naming_the_empty_split(tmp_path):
     manifest = write_manifest(tmp_path, 3)
     cfg = load_config(TINY, own_data(tmp_path / "run", manifest))
-    with pytest.raises(ValueError, match=rf"{re.escape(str(manifest))}: 3 usable records leave no record for split val "
-                                         r"\(sft 1, feedback 1, val 0, test 1; the splits take 25/45/10/20%"):
+    with pytest.raises(ValueError, match=rf"{re.escape(str(manifest))}: 3 usable records of 3 distinct images leave no "
+                                         r"image for split val \(sft 1, feedback 1, val 0, test 1 images; the splits "
+                                         "take 25/45/10/20%"):
         prepare_data(cfg)
     assert not RunPaths(cfg.run_dir).data.exists()
+
+
+def write_coco(folder: Path, n_images: int, captions_per_image: int = 3) -> Path:
+    """`folder/captions.json` over n_images shape PNGs in `folder`, several captions each."""
+    images, annotations = [], []
+    for i, (colour, shape) in enumerate(SHAPES[:n_images]):
+        (folder / f"{i}.png").write_bytes(shape_png(colour, shape))
+        images.append({"id": i, "file_name": f"{i}.png"})
+        for k in range(captions_per_image):
+            annotations.append({"id": 100 * i + k, "image_id": i, "caption": f"caption {k} of a {colour} {shape}"})
+    path = folder / "captions.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations}))
+    return path
+
+
+def split_of_each_image(cfg) -> dict[bytes, set[str]]:
+    seen: dict[bytes, set[str]] = {}
+    for name in SPLITS:
+        for data in load_split(cfg, name).column("image").to_pylist():
+            seen.setdefault(data, set()).add(name)
+    return seen
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_coco_images_with_several_captions_are_in_one_split_each(tmp_path, seed):
+    cfg = load_config(TINY, own_data(tmp_path / "run", write_coco(tmp_path, 8), "coco",
+                                     f"data.image_dir={tmp_path}", f"data.seed={seed}"))
+    prepare_data(cfg)
+    assert all(len(names) == 1 for names in split_of_each_image(cfg).values())
+    records = [row for name in SPLITS for row in load_split(cfg, name).to_pylist()]
+    assert len(records) == 8  # one record per image
+    assert all(len(row["references"]) == 3 and row["reference"] == row["references"][0] for row in records)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_manifest_records_sharing_an_image_file_are_in_one_split(tmp_path, seed):
+    manifest = write_manifest(tmp_path, 8)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    rows += [{**row, "id": f"{row['id']}-again", "prompt": "What is shown?"} for row in rows]  # same file
+    (tmp_path / "copy.png").write_bytes((tmp_path / "0.png").read_bytes())  # same bytes, another path
+    rows.append({**rows[0], "id": "copy", "image": "copy.png"})
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    cfg = load_config(TINY, own_data(tmp_path / "run", manifest, "manifest", f"data.seed={seed}"))
+    prepare_data(cfg)
+    seen = split_of_each_image(cfg)
+    assert len(seen) == 8 and all(len(names) == 1 for names in seen.values())
+    assert sum(load_split(cfg, name).num_rows for name in SPLITS) == 17
+
+
+def test_eval_scores_against_every_caption_of_an_image(tmp_path):
+    cfg = load_config(TINY, own_data(tmp_path / "run", write_coco(tmp_path, 8), "coco",
+                                     f"data.image_dir={tmp_path}", "eval.max_new_tokens=2"))
+    run_eval(cfg, "init")
+    samples = pq.read_table(RunPaths(cfg.run_dir).eval_dir("init") / "samples.parquet")
+    assert samples.column("references").to_pylist() == load_split(cfg, "test").column("references").to_pylist()
+    assert {len(refs) for refs in samples.column("references").to_pylist()} == {3}
+    csv = (RunPaths(cfg.run_dir).eval_dir("init") / "samples.csv").read_text()
+    assert "caption 0 of a" in csv and "caption 2 of a" in csv
 
 
 @pytest.mark.parametrize("source", ["llava", "coco"])
@@ -84,7 +143,7 @@ def test_allow_urls_reaches_the_llava_and_coco_readers(tmp_path, monkeypatch, so
 
     def urlopen(url, timeout):
         fetched.append(url)
-        return io.BytesIO(shape_png("red", "square"))
+        return io.BytesIO(shape_png(*SHAPES[urls.index(url)]))  # eight distinct images
 
     monkeypatch.setattr(urllib.request, "urlopen", urlopen)
     urls = [f"https://example.com/{i}.png" for i in range(8)]
@@ -144,3 +203,27 @@ def test_train_on_own_data_without_pairs_stops_at_feedback_with_the_same_line(tm
     assert len(sft_runs) == 1
     assert capsys.readouterr().err == f"mmrlhf train: data.source=manifest: {NO_GOLD_SCORE}\n"
     assert not RunPaths(tmp_path / "run").pairs.exists()
+
+
+def test_a_preset_on_own_data_gets_a_tokenizer_trained_on_its_captions(tmp_path):
+    from transformers import AutoTokenizer
+
+    from mmrlhf.data.schema import record_references
+    from mmrlhf.stages.common import policy_path
+
+    words = "zebra giraffe kayak lighthouse meadow harbor canyon glacier".split()
+    folder = tmp_path / "img"
+    folder.mkdir()
+    coco = write_coco(folder, 8)
+    data = json.loads(coco.read_text())
+    for ann in data["annotations"]:  # captions of 9-15 words, most outside the presets' own words
+        ann["caption"] = f"a {words[ann['image_id']]} beside a {words[(ann['image_id'] + 1) % 8]} near the " \
+                         f"{words[(ann['image_id'] + 2) % 8]} on a calm morning {ann['id']}"
+    coco.write_text(json.dumps(data))
+    cfg = load_config(TINY, own_data(tmp_path / "run", coco, "coco", f"data.image_dir={folder}"))
+    tokenizer = AutoTokenizer.from_pretrained(policy_path(cfg, "init"))
+    references = [ref for refs in record_references(load_split(cfg, "test")) for ref in refs]
+    ids = [i for ref in references for i in tokenizer(ref, add_special_tokens=False)["input_ids"]]
+    assert sum(i == tokenizer.unk_token_id for i in ids) / len(ids) < 0.05
+    digits_tokenizer = AutoTokenizer.from_pretrained(policy_path(load_config(TINY, [f"run_dir={tmp_path / 'd'}"]), "init"))
+    assert digits_tokenizer.unk_token_id in digits_tokenizer("zebra kayak", add_special_tokens=False)["input_ids"]

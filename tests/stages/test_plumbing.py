@@ -82,19 +82,34 @@ def test_rollout_metrics_ignore_unscored_rows():
 
 
 def test_text_metrics_hand_worked():
-    m = text_metrics(["one two three", "four five"], ["one two three", "four six"])
+    m = text_metrics(["one two three", "four five"], [["one two three"], ["four six"]])
     assert m["exact_match"] == 50.0
     assert m["exact_match_stderr"] == pytest.approx(100 * (0.25 / 2) ** 0.5)
     # ROUGE-L F: 1.0 and LCS 1 of 2 tokens each side -> 0.5; mean 0.75
     assert m["rouge_l"] == pytest.approx(75.0)
     five = ["one two three four five", "six seven eight nine zero"]
-    assert text_metrics(five, five)["bleu"] == pytest.approx(100.0)
-    assert 0 < text_metrics(five, ["one two three four five", "six seven eight nine one"])["bleu"] < 100
+    assert text_metrics(five, [[t] for t in five])["bleu"] == pytest.approx(100.0)
+    assert 0 < text_metrics(five, [["one two three four five"], ["six seven eight nine one"]])["bleu"] < 100
+
+
+def test_text_metrics_use_every_reference():
+    hyps = ["a red square on black", "a blue circle on black", "a green circle on black"]
+    first = [["a small red box"], ["one blue disc"], ["a green circle on black"]]
+    every = [first[0] + ["a red square on black"], first[1] + ["a blue circle on black"], first[2]]
+    one, many = text_metrics(hyps, first), text_metrics(hyps, every)
+    assert many["exact_match"] == 100.0 and one["exact_match"] == pytest.approx(100 / 3)
+    assert many["bleu"] == pytest.approx(100.0) and one["bleu"] < 100
+    assert many["rouge_l"] == pytest.approx(100.0) and one["rouge_l"] < 100
+    assert many["cider"] > one["cider"]
+    # the reference the hypothesis matches may come in any position
+    assert text_metrics(hyps, [refs[::-1] for refs in every]) == pytest.approx(many)
 
 
 def test_text_metrics_reject_mismatched_lists():
     with pytest.raises(ValueError):
         text_metrics(["a"], [])
+    with pytest.raises(ValueError, match="example 1 has no reference"):
+        text_metrics(["a", "b"], [["a"], []])
 
 
 def test_train_refuses_a_run_dir_made_with_another_config(tmp_path):

@@ -33,7 +33,7 @@ from mmrlhf.stages.common import RunPaths
 
 # RL metric key -> (Ray gauge name, description); keys as returned by `controller.train_loop`.
 RL_GAUGES = {
-    "rollout/reward": ("mmrlhf_reward_mean", "mean reward-model score of the step's rollout"),
+    "rollout/reward": ("mmrlhf_reward_mean", "mean total reward (weighted reward sources) of the step's rollout"),
     "rollout/gold": ("mmrlhf_gold_mean", "mean gold score of the step's rollout (tasks with an oracle)"),
     "rollout/kl": ("mmrlhf_kl", "mean KL(policy || reference) per response, nats"),
     "policy/entropy": ("mmrlhf_entropy", "mean token entropy of the policy in the update (PPO or SAC), nats"),
@@ -48,7 +48,7 @@ RL_HISTOGRAMS = {
     "time/step_seconds": ("mmrlhf_rl_step_seconds", "one RL step: generate, score, experience, update, sync, s"),
 }
 SECONDS_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]
-PLOTTED = (("rollout/reward", "reward-model score"), ("rollout/gold", "gold score"), ("rollout/kl", "KL (nats)"))
+PLOTTED = (("rollout/reward", "reward (weighted sources)"), ("rollout/gold", "gold score"), ("rollout/kl", "KL (nats)"))
 
 
 def tensorboard_dir(run_dir: str | Path) -> Path:

@@ -46,3 +46,17 @@ def test_a_missing_stage_output_is_one_line_exit_1_and_writes_nothing(tmp_path, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no sft policy" in err and "mmrlhf sft" in err
     assert not run_dir.exists()  # no Ray started, no rl/ or tensorboard/ left behind
+
+
+@pytest.mark.parametrize("sources, names", [
+    ('[{name: "tests.reward.nope:score"}]', ["reward source 'tests.reward.nope:score': cannot import"]),
+    ('[{name: "tests.reward.rule_functions:NOT_CALLABLE"}]', ["'NOT_CALLABLE' is a float, not callable"]),
+    ('[{name: model}]', ["no reward model", "mmrlhf reward train"]),
+])
+def test_rl_names_a_bad_reward_source_or_missing_model_in_one_line_before_starting_ray(tmp_path, capsys,
+                                                                                       sources, names):
+    (tmp_path / "sft" / "policy").mkdir(parents=True)  # only its presence is checked before the sources
+    assert main(["rl", f"run_dir={tmp_path}", f"reward.sources={sources}"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and all(name in err for name in names), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sft"]  # nothing started or written

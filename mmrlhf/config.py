@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -24,6 +25,9 @@ RAY_PREDEFINED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
 # "gae" (PPO's value model) and the critic-free estimators of mmrlhf.algorithms.estimators (a test
 # keeps the two lists equal; named here so loading a config does not import torch)
 ADVANTAGE_ESTIMATORS = ("gae", "grpo", "dr_grpo", "rloo", "reinforce_pp")
+MODEL_SOURCE = "model"  # the run's learned reward model, <run_dir>/reward/model
+TOTAL = "total"  # the key of the weighted sum among the per-source scores
+FUNCTION_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")  # package.module:function
 
 
 class ConfigError(ValueError):
@@ -83,11 +87,18 @@ class DataConfig:
                f"an integer >= 8 * data.max_digits ({8 * self.max_digits})", self.canvas)
 
     @property
+    def gold_reward(self) -> Optional[str]:
+        """Import path of the task's gold score as a reward function, or None: only the digits
+        task has one (:func:`mmrlhf.data.digits.gold_reward`). The RL stage adds it to the
+        reward sources (weight 0, for the ``rollout/gold`` metric) unless they list it."""
+        return "mmrlhf.data.digits:gold_reward" if self.source == "digits" else None
+
+    @property
     def has_gold_score(self) -> bool:
-        """Whether responses can be scored against an oracle: only the digits task has one
-        (:func:`mmrlhf.data.digits.gold_score`), so only it gets the ``gold`` metrics and the
-        simulated annotator; other data gets human preferences (``mmrlhf feedback import``)."""
-        return self.source == "digits"
+        """Whether responses can be scored against an oracle (see :attr:`gold_reward`), so the
+        run gets the ``gold`` metrics and the simulated annotator; other data gets human
+        preferences (``mmrlhf feedback import``)."""
+        return self.gold_reward is not None
 
 
 @dataclass
@@ -158,6 +169,48 @@ class FeedbackConfig:
 
 
 @dataclass
+class RewardSourceConfig:
+    """One reward source (:mod:`mmrlhf.reward.sources`) and its weight in the total reward.
+
+    ``name``: ``"model"`` (the run's learned reward model) or a rule function by import path,
+    ``"package.module:function"``. ``weight``: its factor in the sum; 0 computes and logs the
+    source without training on it.
+    """
+
+    name: str = MODEL_SOURCE
+    weight: float = 1.0
+
+    @property
+    def label(self) -> str:
+        """Short metric-safe name (``rollout/reward/<label>``): ``model`` or the function's name."""
+        return self.name.rsplit(":", 1)[-1]
+
+
+def check_reward_sources(sources: list[RewardSourceConfig], key: str = "reward.sources") -> None:
+    """Raise a one-line :class:`ConfigError` naming ``<key>[i].name`` or ``.weight`` unless
+    ``sources`` is a non-empty list of well-formed names (``model`` or ``a.b:c``) with distinct
+    labels and finite weights, not all zero."""
+    _check(len(sources) > 0, key, "a non-empty list of {name, weight}, e.g. [{name: model, weight: 1.0}]", sources)
+    seen: dict[str, int] = {}
+    for i, source in enumerate(sources):
+        _check(source.name == MODEL_SOURCE or bool(FUNCTION_PATH.fullmatch(source.name)), f"{key}[{i}].name",
+               f"{MODEL_SOURCE!r} or a function by import path 'package.module:function'", source.name)
+        _check(math.isfinite(source.weight), f"{key}[{i}].weight", "a finite number", source.weight)
+        _check(source.label != TOTAL, f"{key}[{i}].name", f"a function not named {TOTAL!r} (the weighted sum's key)",
+               source.name)
+        j = seen.setdefault(source.label, i)
+        _check(j == i, f"{key}[{i}].name", f"a source whose label {source.label!r} differs from that of "
+               f"{key}[{j}] ({sources[j].name!r})", source.name)
+    _check(any(source.weight != 0 for source in sources), f"{key}[*].weight",
+           "at least one non-zero weight among the sources", [source.weight for source in sources])
+
+
+def uses_model(sources: list[RewardSourceConfig]) -> bool:
+    """Whether the learned reward model is one of ``sources``."""
+    return any(source.name == MODEL_SOURCE for source in sources)
+
+
+@dataclass
 class RewardConfig:
     """Reward model: contrastive warm start, Bradley–Terry training, Serve deployment.
 
@@ -173,8 +226,12 @@ class RewardConfig:
     and replaces one whose check fails or takes over ``health_check_timeout_s``; a rollout
     worker waits ``score_timeout_s`` for a score call and retries it ``score_retries`` times
     before it drops the samples (counted, never scored).
+
+    ``sources``: what the RL stage's reward is, a weighted sum of the learned model and/or rule
+    functions (:class:`RewardSourceConfig`; default: the learned model alone).
     """
 
+    sources: list[RewardSourceConfig] = field(default_factory=lambda: [RewardSourceConfig()])
     clip_epochs: int = 60
     clip_lr: float = 5e-4
     hard_negatives: int = 4
@@ -205,6 +262,7 @@ class RewardConfig:
         _check(0 < self.val_fraction < 1, "reward.val_fraction", "a number in (0, 1)", self.val_fraction)
         _check(1 <= self.min_replicas <= self.max_replicas, "reward.min_replicas",
                f"1 <= min_replicas <= max_replicas ({self.max_replicas})", self.min_replicas)
+        check_reward_sources(self.sources)
 
 
 @dataclass
@@ -394,11 +452,18 @@ def _allowed_keys(full_key: str) -> list[str]:
     return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
 
 
+# OmegaConf reports a key inside a list item without the list's key; the items' types say where.
+LIST_ITEMS = {RewardSourceConfig: "reward.sources[]"}
+
+
 def _one_line(exc: OmegaConfBaseException) -> str:
     key = getattr(exc, "full_key", None) or "config"
+    item_type = getattr(exc, "object_type", None)
+    if item_type in LIST_ITEMS and "." not in key:
+        key = f"{LIST_ITEMS[item_type]}.{key}"
     msg = str(exc).splitlines()[0]
     if isinstance(exc, ConfigKeyError):
-        allowed = _allowed_keys(key)
+        allowed = [f.name for f in dataclasses.fields(item_type)] if item_type in LIST_ITEMS else _allowed_keys(key)
         if allowed:
             msg = f"unknown key; allowed here: {', '.join(allowed)}"
     return f"{key}: {msg}"

@@ -20,12 +20,21 @@ from mmrlhf.rollout.dynamic import fill_informative
 from mmrlhf.types import Rollout
 
 
-def rollout_metrics(rollout: Rollout, policy_version: int) -> dict[str, float]:
-    """Reward statistics of a scored rollout.
+def _scored_mean(values: torch.Tensor) -> float:
+    """Mean of a (B,) tensor over its finite entries (NaN marks unscored rows); NaN if none."""
+    scored = torch.isfinite(values)
+    return float(values[scored].mean()) if scored.any() else float("nan")
 
-    ``rollout/all_alike``: share of prompts whose scored samples all got the same score (no
-    learning signal among them). ``rollout/policy_lag``: versions between the newest policy
-    and the oldest one that generated a row.
+
+def rollout_metrics(rollout: Rollout, policy_version: int) -> dict[str, float]:
+    """Reward statistics of a scored rollout, and the seconds of its phases.
+
+    ``rollout/reward``: mean total reward over the scored rows; ``rollout/reward/<source>`` and
+    ``rollout/unscored/<source>``: each reward source's mean over the rows it scored and the
+    count of rows it left unscored. ``rollout/all_alike``: share of prompts whose scored samples
+    all got the same score (no learning signal among them). ``rollout/policy_lag``: versions
+    between the newest policy and the oldest one that generated a row. ``time/generate`` and
+    ``time/score``: the rollout's ``timings`` (seconds), passed on.
     """
     scores = rollout.scores
     scored = torch.isfinite(scores)
@@ -34,8 +43,12 @@ def rollout_metrics(rollout: Rollout, policy_version: int) -> dict[str, float]:
         if ok:
             groups[pid].append(score)
     alike = [max(g) - min(g) < 1e-6 for g in groups.values() if len(g) > 1]
-    return {
-        "rollout/reward": float(scores[scored].mean()) if scored.any() else float("nan"),
+    per_source = {}
+    for label, values in rollout.source_scores.items():
+        per_source[f"rollout/reward/{label}"] = _scored_mean(values)
+        per_source[f"rollout/unscored/{label}"] = float((~torch.isfinite(values)).sum())
+    return per_source | rollout.timings | {
+        "rollout/reward": _scored_mean(scores),
         "rollout/all_alike": sum(alike) / max(len(alike), 1),
         "rollout/truncated": sum(r == "length" for r in rollout.finish_reason) / len(rollout),
         "rollout/policy_lag": float(policy_version - int(rollout.policy_version.min())),

@@ -33,7 +33,7 @@ from mmrlhf.stages.common import RunPaths
 
 # RL metric key -> (Ray gauge name, description); keys as returned by `controller.train_loop`.
 RL_GAUGES = {
-    "rollout/reward": ("mmrlhf_reward_mean", "mean reward-model score of the step's rollout"),
+    "rollout/reward": ("mmrlhf_reward_mean", "mean total reward (weighted reward sources) of the step's rollout"),
     "rollout/gold": ("mmrlhf_gold_mean", "mean gold score of the step's rollout (tasks with an oracle)"),
     "rollout/kl": ("mmrlhf_kl", "mean KL(policy || reference) per response, nats"),
     "policy/entropy": ("mmrlhf_entropy", "mean token entropy of the policy in the update (PPO or SAC), nats"),

@@ -88,3 +88,17 @@ def test_a_hub_checkpoint_that_cannot_be_reached_offline_is_one_line_saying_how_
     assert out.stderr.count("\n") == 1
     assert out.stderr.startswith("mmrlhf eval: policy 'llava-hf/llava-interleave-qwen-0.5b-hf' could not be reached")
     assert "model.policy=/abs/DIR or --policy /abs/DIR" in out.stderr
+
+
+@pytest.mark.parametrize("sources, names", [
+    ('[{name: "tests.reward.nope:score"}]', ["reward source 'tests.reward.nope:score': cannot import"]),
+    ('[{name: "tests.reward.rule_functions:NOT_CALLABLE"}]', ["'NOT_CALLABLE' is a float, not callable"]),
+    ('[{name: model}]', ["no reward model", "mmrlhf reward train"]),
+])
+def test_rl_names_a_bad_reward_source_or_missing_model_in_one_line_before_starting_ray(tmp_path, capsys,
+                                                                                       sources, names):
+    (tmp_path / "sft" / "policy").mkdir(parents=True)  # only its presence is checked before the sources
+    assert main(["rl", f"run_dir={tmp_path}", f"reward.sources={sources}"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and all(name in err for name in names), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sft"]  # nothing started or written

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from mmrlhf.config import ConfigError, RunConfig, load_config
+from mmrlhf.cli import build_parser
+from mmrlhf.config import ConfigError, RewardSourceConfig, RunConfig, load_config
 
 JOBS = sorted(Path(__file__).resolve().parents[1].joinpath("jobs").glob("*.yaml"))
 JOB_CONFIGS = [p for p in JOBS if p.name != "runtime_env.yaml"]
@@ -19,6 +20,17 @@ def test_defaults_yaml_and_overrides_layer_in_order(tmp_path):
     assert cfg.rl.lr == 0.5           # YAML beats default
     assert cfg.model.policy == "tiny"
     assert cfg.rl.clip_eps == RunConfig().rl.clip_eps  # default kept
+
+
+def test_reward_sources_default_to_the_model_and_are_set_by_one_dotted_override():
+    assert RunConfig().reward.sources == [RewardSourceConfig("model", 1.0)]
+    # as the shell hands it over from: mmrlhf rl reward.sources='[{name: "mmrlhf.data.digits:gold_reward", ...}]'
+    override = 'reward.sources=[{name: "mmrlhf.data.digits:gold_reward", weight: 1.0}, {name: model, weight: 0}]'
+    args = build_parser().parse_args(["rl", override])
+    cfg = load_config(args.config, args.overrides)
+    assert cfg.reward.sources == [RewardSourceConfig("mmrlhf.data.digits:gold_reward", 1.0),
+                                  RewardSourceConfig("model", 0.0)]
+    assert [s.label for s in cfg.reward.sources] == ["gold_reward", "model"]
 
 
 @pytest.mark.parametrize("path", JOB_CONFIGS, ids=lambda p: p.name)
@@ -47,6 +59,14 @@ def test_every_job_config_loads(path):
         (["eval.batch_size=0"], ["eval.batch_size", "> 0"]),
         (["eval.n_review=-1"], ["eval.n_review", ">= 0"]),
         (["rl=3"], ["rl", "section", "rl.<key>=value"]),
+        (["reward.sources=[]"], ["reward.sources:", "non-empty list"]),
+        (["reward.sources=[{name: score}]"], ["reward.sources[0].name", "'package.module:function'"]),
+        (["reward.sources=[{name: model}, {name: a.b:f, weight: .inf}]"], ["reward.sources[1].weight", "finite"]),
+        (["reward.sources=[{name: model}, {name: model}]"], ["reward.sources[1].name", "reward.sources[0]"]),
+        (["reward.sources=[{name: a.b:f}, {name: c:f}]"], ["reward.sources[1].name", "label 'f'"]),
+        (["reward.sources=[{name: a:total}]"], ["reward.sources[0].name", "not named 'total'"]),
+        (["reward.sources=[{name: model, weight: 0}]"], ["reward.sources[*].weight", "non-zero"]),
+        (["reward.sources=[{nam: model}]"], ["reward.sources[].nam", "name, weight"]),
     ],
 )
 def test_bad_config_is_one_line_error_naming_the_key(override, names):

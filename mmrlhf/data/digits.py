@@ -125,6 +125,18 @@ def gold_score(response: str, reference: str) -> float:
     return hits / len(truth) * math.exp(-abs(len(guess) - len(truth)) / len(truth))
 
 
+def gold_reward(responses: list[str], references: list[str | None], prompts: list[str]) -> list[float]:
+    """:func:`gold_score` as a batched reward function (:mod:`mmrlhf.reward.sources`), for
+    ``reward.sources`` as ``mmrlhf.data.digits:gold_reward``.
+
+    responses, references, prompts: (B,) each; the prompts are not used. Returns B scores in
+    [0, 1], NaN (unscored) for a record without a reference. Raises ValueError when a reference
+    is not digit words.
+    """
+    return [gold_score(response, reference) if reference else math.nan
+            for response, reference in zip(responses, references)]
+
+
 @functools.lru_cache(maxsize=1)
 def _load_scans() -> tuple[np.ndarray, np.ndarray]:
     """(images (N, 8, 8) float32 in [0, 1], labels (N,) int) of the UCI digits, read once."""

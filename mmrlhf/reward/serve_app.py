@@ -1,23 +1,30 @@
-"""The reward model on Ray Serve: a thin deployment around a scorer (`RewardScorer` by default).
+"""The reward sources on Ray Serve: a thin deployment around `RewardSources` (`sources.py`).
 
 One class, `RewardDeployment` (Ray Serve docs: "Dynamic Request Batching", "In-place updates
 through user_config", "Custom health checks", "FastAPI HTTP deployments"):
-- rollout workers call `handle.score.remote(images, texts)` through a `DeploymentHandle`; each
-  item goes separately into the `@serve.batch` queue, so concurrent callers share batches;
-- weights come from `user_config` ({"weights_dir": ..., "version": ...}) through `reconfigure`.
+- it scores every item with every source of `reward.sources`: the learned reward model (a
+  scorer, `RewardScorer` by default) and/or rule functions by import path, which each replica
+  imports when it starts (a bad one fails the deployment; `build_reward_app` checks them first);
+- rollout workers call `handle.score.remote(images, texts, references, prompts)` through a
+  `DeploymentHandle` and get {source label: float32 (B,), "total": float32 (B,)}; each item goes
+  separately into the `@serve.batch` queue, so concurrent callers share batches;
+- the learned model's weights come from `user_config` ({"weights_dir": ..., "version": ...})
+  through `reconfigure`.
   Updated declaratively (`serve deploy` config, KubeRay RayService, Serve REST API), a new
   user_config alone reaches the live replicas, whose `reconfigure` swaps the weights in place
   (`load_weights`). Redeployed from Python (`deploy_reward`, i.e. `serve.run`), Serve gives the
   deployment a new random code version each time, so it replaces the replicas with new ones
   (rolling update) that load the new weights at start (checked with Ray 2.60);
-- `check_health` scores a fixed image and fails on a missing scorer or a non-finite score; Serve
-  calls it every `health_check_period_s` and replaces a replica whose check raises or takes
-  longer than `health_check_timeout_s` (Serve docs, "Custom health checks");
+- `check_health` scores a fixed image with the learned model (when it is a source) and fails on
+  a missing scorer or a non-finite score; Serve calls it every `health_check_period_s` and
+  replaces a replica whose check raises or takes longer than `health_check_timeout_s` (Serve
+  docs, "Custom health checks");
 - `inject_fault` makes a replica fail or hang on purpose, so tests can watch Serve replace it;
-- POST `/score` takes {"items": [{"image_png_base64", "text"}]} and returns
-  {"scores", "version"}, for clients outside the cluster. The HTTP route is off by default
-  (`deploy_reward(route_prefix=None)` runs Serve without any HTTP proxy): Serve's proxy does not
-  check Ray's auth token, so anything that can reach the port can use the model.
+- POST `/score` takes {"items": [{"image_png_base64", "text", "reference"?, "prompt"?}]} and
+  returns {"scores" (the totals, null where unscored), "version"}, for clients outside the
+  cluster. The HTTP route is off by default (`deploy_reward(route_prefix=None)` runs Serve
+  without any HTTP proxy): Serve's proxy does not check Ray's auth token, so anything that can
+  reach the port can use the model.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route's parameter types at
@@ -28,7 +35,7 @@ import base64
 import binascii
 import io
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from fastapi import FastAPI, HTTPException
@@ -38,6 +45,9 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
+from mmrlhf.config import MODEL_SOURCE, TOTAL, RewardSourceConfig, uses_model
+from mmrlhf.reward.sources import RewardSources, Scorer, check_batch, load_rule_functions
+
 FAULTS = ("none", "fail", "hang")
 MAX_ITEMS_PER_REQUEST = 256
 MAX_IMAGE_PIXELS = 4096 * 4096  # decoded width x height; larger images are refused, not resized
@@ -45,19 +55,8 @@ HEALTH_IMAGE = np.full((8, 8), 128, dtype=np.uint8)  # (H, W) mid-grey
 HEALTH_TEXT = "health check"
 
 
-class Scorer(Protocol):
-    """What the deployment needs from a scorer (`mmrlhf.reward.scorer.RewardScorer` has it).
-
-    score: images, each uint8 (H, W) or (H, W, 3), and as many texts -> float32 (B,) scores.
-    load_weights: replace the weights in place from a directory.
-    """
-
-    def score(self, images: list[np.ndarray], texts: list[str]) -> np.ndarray: ...
-
-    def load_weights(self, weights_dir: str) -> None: ...
-
-
 ScorerFactory = Callable[[dict], Scorer]
+Item = tuple[np.ndarray, str, Optional[str], str]  # (image, response, reference, prompt)
 
 
 def default_scorer_factory(user_config: dict) -> Scorer:
@@ -73,18 +72,14 @@ def default_scorer_factory(user_config: dict) -> Scorer:
     return RewardScorer.from_pretrained(user_config["weights_dir"], device=device)
 
 
-def _loaded(scorer: Scorer | None) -> Scorer:
+def check_scorer_health(scorer: Scorer | None) -> None:
+    """Raise RuntimeError when there is no scorer, or its score of a fixed grey image isn't
+    one finite float."""
     if scorer is None:
         raise RuntimeError(
             "RewardDeployment: no scorer loaded; deploy with user_config={'weights_dir': ...}"
         )
-    return scorer
-
-
-def check_scorer_health(scorer: Scorer | None) -> None:
-    """Raise RuntimeError when there is no scorer, or its score of a fixed grey image isn't
-    one finite float."""
-    scores = np.asarray(_loaded(scorer).score([HEALTH_IMAGE], [HEALTH_TEXT]))
+    scores = np.asarray(scorer.score([HEALTH_IMAGE], [HEALTH_TEXT]))
     if scores.shape != (1,) or not np.isfinite(scores).all():
         raise RuntimeError(
             f"RewardDeployment: self-test score is {scores!r}, expected one finite float"
@@ -117,9 +112,9 @@ def decode_image(image_base64: str, where: str) -> np.ndarray:
         raise ValueError(f"{where}.image_png_base64: not a decodable image ({err})") from None
 
 
-def _check_inputs(images: list[np.ndarray], texts: list[str]) -> None:
-    if len(images) != len(texts):
-        raise ValueError(f"RewardDeployment.score: {len(images)} images but {len(texts)} texts")
+def _check_inputs(images: list[np.ndarray], texts: list[str], references: list[str | None],
+                  prompts: list[str]) -> None:
+    check_batch(len(images), texts, references, prompts, "RewardDeployment.score")
     for i, image in enumerate(images):
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
             raise ValueError(f"RewardDeployment.score: images[{i}] must be a uint8 ndarray")
@@ -131,10 +126,13 @@ def _check_inputs(images: list[np.ndarray], texts: list[str]) -> None:
 
 
 class ScoreItem(BaseModel):
-    """One HTTP item: a base64 PNG (or other Pillow-readable) image and the text to score."""
+    """One HTTP item: a base64 PNG (or other Pillow-readable) image, the text to score, and for
+    rule-function sources the record's reference (default none) and prompt (default "")."""
 
     image_png_base64: str
     text: str
+    reference: Optional[str] = None
+    prompt: str = ""
 
 
 class ScoreRequest(BaseModel):
@@ -144,10 +142,10 @@ class ScoreRequest(BaseModel):
 
 
 class ScoreResponse(BaseModel):
-    """HTTP response: one score per item, in order, and the weights version that scored them
-    (the lowest, if a weight swap landed between the request's batches)."""
+    """HTTP response: one total score per item, in order (null: unscored), and the weights
+    version that scored them (the lowest, if a weight swap landed between the request's batches)."""
 
-    scores: list[float]
+    scores: list[Optional[float]]
     version: int
 
 
@@ -157,12 +155,15 @@ app = FastAPI(title="mmrlhf reward model")
 @serve.deployment
 @serve.ingress(app)
 class RewardDeployment:
-    """Serve deployment scoring (image, text) pairs with a scorer built from `user_config`.
+    """Serve deployment scoring items (image, response, reference, prompt) with every reward source.
 
-    scorer_factory: user_config -> scorer; None uses `default_scorer_factory` (RewardScorer).
+    scorer_factory: user_config -> scorer of the learned model; None uses
+    `default_scorer_factory` (RewardScorer).
     max_batch_size, batch_wait_timeout_s (seconds): the `@serve.batch` queue's limits.
-    The scorer is built on the first `reconfigure` (Serve calls it right after `__init__`
-    with the deployment's user_config) and swapped in place by later ones.
+    sources: the `reward.sources` list; None is the learned model alone. Its rule functions are
+    imported in `__init__`, so one that cannot be imported fails the replica (ValueError).
+    The learned model's scorer is built on the first `reconfigure` (Serve calls it right after
+    `__init__` with the deployment's user_config) and swapped in place by later ones.
     """
 
     def __init__(
@@ -170,9 +171,10 @@ class RewardDeployment:
         scorer_factory: ScorerFactory | None = None,
         max_batch_size: int = 16,
         batch_wait_timeout_s: float = 0.01,
+        sources: Sequence[RewardSourceConfig] | None = None,
     ) -> None:
         self._scorer_factory = scorer_factory or default_scorer_factory
-        self._scorer: Scorer | None = None
+        self._sources = RewardSources(sources or [RewardSourceConfig()])
         self._version = -1
         self._items_scored = 0
         self._fault = "none"
@@ -181,53 +183,57 @@ class RewardDeployment:
         self.score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
     async def reconfigure(self, user_config: dict) -> None:
-        """Load the weights named by user_config {"weights_dir": str, "version": int, "device"?}.
+        """Load the weights named by user_config {"weights_dir": str, "version": int, "device"?};
+        without a learned-model source there are none ({"version": int} only).
 
         Async, so it runs on the replica's event loop between batches and a batch never sees
-        half-swapped weights. Raises ValueError when "weights_dir" is missing.
+        half-swapped weights. Raises ValueError when "weights_dir" is missing while the learned
+        model is a source, or given while it is not.
         """
-        if "weights_dir" not in user_config:
+        if self._sources.needs_model != ("weights_dir" in user_config):
             raise ValueError(
-                f"RewardDeployment.reconfigure: user_config {user_config!r} has no 'weights_dir'"
+                f"RewardDeployment.reconfigure: user_config {user_config!r} must have a 'weights_dir' "
+                f"exactly when a source is the learned model (sources: {self._sources.labels})"
             )
-        if self._scorer is None:
-            self._scorer = self._scorer_factory(user_config)
-        else:
-            self._scorer.load_weights(user_config["weights_dir"])
+        if self._sources.needs_model and self._sources.scorer is None:
+            self._sources.scorer = self._scorer_factory(user_config)
+        elif self._sources.needs_model:
+            self._sources.scorer.load_weights(user_config["weights_dir"])
         self._version = int(user_config.get("version", 0))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def score_batch(self, items: list[tuple[np.ndarray, str]]) -> list[tuple[float, int]]:
-        """Batched scoring: items [(uint8 image (H, W) or (H, W, 3), text)] -> [(score, version)].
+    async def score_batch(self, items: list[Item]) -> list[tuple[dict[str, float], int]]:
+        """Batched scoring: items [(uint8 image (H, W) or (H, W, 3), response, reference or
+        None, prompt)] -> [({source label: score, "total": score}, version)].
 
         Called one item at a time; Serve gathers concurrent calls into `items`.
-        Raises RuntimeError without a scorer or when it returns the wrong number of scores.
+        Raises ValueError naming a source that fails (`RewardSources.score`), RuntimeError
+        without a scorer for the learned model.
         """
         await self._apply_fault()
-        images, texts = [image for image, _ in items], [text for _, text in items]
-        scores = np.asarray(_loaded(self._scorer).score(images, texts))  # (B,)
-        if scores.shape != (len(items),):
-            raise RuntimeError(
-                f"RewardDeployment: scorer returned shape {scores.shape} for {len(items)} items"
-            )
+        images, texts, references, prompts = (list(column) for column in zip(*items))
+        scores = self._sources.score(images, texts, references, prompts)  # {label: (B,)}
         self._items_scored += len(items)
-        return [(float(s), self._version) for s in scores]
+        return [({label: float(v[i]) for label, v in scores.items()}, self._version) for i in range(len(items))]
 
-    async def _score_pairs(
-        self, images: list[np.ndarray], texts: list[str]
-    ) -> list[tuple[float, int]]:
-        return await asyncio.gather(
-            *(self.score_batch((image, text)) for image, text in zip(images, texts))
-        )
+    async def _score_items(self, items: list[Item]) -> list[tuple[dict[str, float], int]]:
+        return await asyncio.gather(*(self.score_batch(item) for item in items))
 
-    async def score(self, images: list[np.ndarray], texts: list[str]) -> list[float]:
-        """Scores of B (image, text) pairs: images uint8 (H, W) or (H, W, 3) -> B floats.
+    async def score(self, images: list[np.ndarray], texts: list[str], references: list[str | None],
+                    prompts: list[str]) -> dict[str, np.ndarray]:
+        """Every source's scores of B items: images uint8 (H, W) or (H, W, 3), the responses,
+        their records' references (None: no reference) and prompts.
 
-        The handle entry point for rollout workers: `await handle.score.remote(images, texts)`.
-        Raises ValueError for mismatched lengths or a bad image, naming its index.
+        Returns {source label: float32 (B,), "total": float32 (B,)}, NaN where unscored (see
+        `RewardSources.score`). The handle entry point for rollout workers:
+        `await handle.score.remote(images, texts, references, prompts)`.
+        Raises ValueError for mismatched lengths or a bad item, naming its index, and for a
+        source that fails, naming it.
         """
-        _check_inputs(images, texts)
-        return [score for score, _ in await self._score_pairs(images, texts)]
+        _check_inputs(images, texts, references, prompts)
+        scored = await self._score_items(list(zip(images, texts, references, prompts)))
+        return {label: np.array([s[label] for s, _ in scored], dtype=np.float32)
+                for label in [*self._sources.labels, TOTAL]}
 
     def weights_version(self) -> int:
         """The `version` of the user_config whose weights are loaded (-1 before any)."""
@@ -238,9 +244,11 @@ class RewardDeployment:
         return self._items_scored
 
     async def check_health(self) -> None:
-        """Serve's periodic health check; see `check_scorer_health` and `inject_fault`."""
+        """Serve's periodic health check: `check_scorer_health` when the learned model is a
+        source, and `inject_fault`."""
         await self._apply_fault()
-        check_scorer_health(self._scorer)
+        if self._sources.needs_model:
+            check_scorer_health(self._sources.scorer)
 
     async def inject_fault(self, mode: str) -> str:
         """For fault tests: from now on this replica's health check and scoring fail ("fail"),
@@ -269,7 +277,8 @@ class RewardDeployment:
 
     @app.post("/score", response_model=ScoreResponse)
     async def score_http(self, request: ScoreRequest) -> ScoreResponse:
-        """HTTP: {"items": [{"image_png_base64", "text"}]} -> {"scores", "version"}.
+        """HTTP: {"items": [{"image_png_base64", "text", "reference"?, "prompt"?}]} ->
+        {"scores": the totals (null where unscored), "version"}.
 
         400 names the first item whose image is bad; 422 (FastAPI) for a malformed body,
         e.g. empty `items` or more than MAX_ITEMS_PER_REQUEST.
@@ -281,12 +290,15 @@ class RewardDeployment:
             ]
         except ValueError as err:
             raise HTTPException(status_code=400, detail=str(err)) from None
-        pairs = await self._score_pairs(images, [item.text for item in request.items])
-        return ScoreResponse(scores=[s for s, _ in pairs], version=min(v for _, v in pairs))
+        scored = await self._score_items([(image, item.text, item.reference, item.prompt)
+                                          for image, item in zip(images, request.items)])
+        totals = [s[TOTAL] for s, _ in scored]
+        return ScoreResponse(scores=[t if np.isfinite(t) else None for t in totals],
+                             version=min(v for _, v in scored))
 
 
 def build_reward_app(
-    weights_dir: str | Path,
+    weights_dir: str | Path | None,
     max_batch_size: int = 16,
     replicas: int | dict[str, Any] = 1,
     ray_actor_options: dict[str, Any] | None = None,
@@ -297,11 +309,15 @@ def build_reward_app(
     health_check_period_s: float = 10.0,
     health_check_timeout_s: float = 30.0,
     device: str = "cpu",
+    sources: Sequence[RewardSourceConfig] | None = None,
 ) -> Application:
     """The reward Serve application, ready for `deploy_reward` (or `serve.run`).
 
-    weights_dir: what the scorer loads; with `version` it forms the user_config (see the module
-    docstring for how a new one reaches the replicas).
+    sources: the reward sources (`reward.sources`); None is the learned model alone. Their rule
+    functions are imported here first, so a bad one is reported before anything is deployed.
+    weights_dir: what the learned model's scorer loads (None when no source is the learned
+    model); with `version` it forms the user_config (see the module docstring for how a new one
+    reaches the replicas).
     replicas: a fixed replica count, or a Serve `autoscaling_config` dict (e.g.
     {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}).
     ray_actor_options: per replica, e.g. {"num_cpus": 1, "num_gpus": 0.5}; default 1 CPU.
@@ -310,8 +326,14 @@ def build_reward_app(
     health_check_period_s, health_check_timeout_s: how often Serve runs `check_health` and how
     long one may take before the replica counts as unhealthy and is replaced (seconds).
     device: where each replica's scorer runs ("cuda" needs `num_gpus` in `ray_actor_options`).
-    Raises ValueError naming the bad argument.
+    Raises ValueError naming the bad argument or reward source.
     """
+    sources = list(sources or [RewardSourceConfig()])
+    load_rule_functions(sources)
+    if uses_model(sources) != (weights_dir is not None):
+        raise ValueError(f"build_reward_app: weights_dir={weights_dir!r} with sources "
+                         f"{[s.name for s in sources]}: the learned model's weights are needed exactly "
+                         f"when a source is {MODEL_SOURCE!r}")
     if max_batch_size < 1:
         raise ValueError(f"build_reward_app: max_batch_size={max_batch_size}, must be >= 1")
     max_ongoing_requests = max_ongoing_requests or 2 * max_batch_size
@@ -332,8 +354,9 @@ def build_reward_app(
         health_check_timeout_s=health_check_timeout_s,
         # One access-log line per scored item would drown the run's own progress output.
         logging_config={"enable_access_log": False},
-        user_config={"weights_dir": str(weights_dir), "version": version, "device": device},
-    ).bind(scorer_factory, max_batch_size, batch_wait_timeout_s)
+        user_config={"version": version, "device": device,
+                     **({"weights_dir": str(weights_dir)} if weights_dir is not None else {})},
+    ).bind(scorer_factory, max_batch_size, batch_wait_timeout_s, sources)
 
 
 def deploy_reward(
@@ -343,7 +366,8 @@ def deploy_reward(
     http_host: str = "127.0.0.1",
     http_port: int = 8000,
 ) -> DeploymentHandle:
-    """Run `app` on Serve and return its handle (`handle.score.remote(images, texts)`).
+    """Run `app` on Serve and return its handle
+    (`handle.score.remote(images, texts, references, prompts)`).
 
     route_prefix: None (default) serves handles only, with no HTTP proxy at all; e.g.
     "/reward" also serves POST {route_prefix}/score on http_host:http_port from one proxy on
@@ -360,17 +384,30 @@ def deploy_reward(
     return serve.run(app, name=name, route_prefix=route_prefix)
 
 
+class RewardSourceArgs(BaseModel):
+    """One entry of `RewardAppArgs.sources` (as `mmrlhf.config.RewardSourceConfig`)."""
+
+    model_config = {"extra": "forbid"}
+
+    name: str = MODEL_SOURCE
+    weight: float = 1.0
+
+
 class RewardAppArgs(BaseModel):
     """`args` of the reward application in a Serve config file (`serve deploy`, RayService).
 
-    weights_dir: the trained reward model (`<run_dir>/reward/model`, on storage every node mounts).
+    weights_dir: the trained reward model (`<run_dir>/reward/model`, on storage every node
+    mounts); leave it out when no source is the learned model.
+    sources: the reward sources, as `reward.sources` (default: the learned model alone); their
+    rule functions must be importable on every node.
     max_batch_size, batch_wait_timeout_s (seconds): `@serve.batch` limits. Unknown keys are
     refused, so a misspelt argument fails the deploy instead of being ignored.
     """
 
     model_config = {"extra": "forbid"}
 
-    weights_dir: str
+    weights_dir: Optional[str] = None
+    sources: list[RewardSourceArgs] = Field(default_factory=lambda: [RewardSourceArgs()])
     max_batch_size: int = Field(default=16, ge=1)
     batch_wait_timeout_s: float = Field(default=0.01, ge=0)
 
@@ -384,4 +421,5 @@ def reward_app_builder(args: RewardAppArgs) -> Application:
     `build_reward_app`. Serve validates `args` against `RewardAppArgs` before calling this.
     """
     return build_reward_app(args.weights_dir, max_batch_size=args.max_batch_size,
-                            batch_wait_timeout_s=args.batch_wait_timeout_s)
+                            batch_wait_timeout_s=args.batch_wait_timeout_s,
+                            sources=[RewardSourceConfig(s.name, s.weight) for s in args.sources])

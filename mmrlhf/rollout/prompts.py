@@ -9,9 +9,11 @@ import pyarrow as pa
 
 
 class PromptSource:
-    """Batches of prompt records (``id``, ``image`` bytes, ``prompt``), in a seeded order.
+    """Batches of prompt records (``id``, ``image`` bytes, ``prompt``, ``reference``), in a seeded order.
 
-    References are never handed out: the RL pool is unlabeled for the policy. The position
+    The RL pool is unlabeled for the policy: a record's ``reference`` (None where there is none)
+    is for the reward sources (rule functions such as the gold score), which rollout workers
+    pass it to; it never enters the policy's input. The position
     (``epoch``, ``index``) is plain state, so a resumed run continues with the next prompt.
 
     Raises:
@@ -21,7 +23,7 @@ class PromptSource:
     def __init__(self, table: pa.Table, batch_size: int, seed: int) -> None:
         if not 1 <= batch_size <= table.num_rows:
             raise ValueError(f"PromptSource: batch_size={batch_size}, expected 1..{table.num_rows} (records in the pool)")
-        self.records = table.select(["id", "image", "prompt"]).to_pylist()
+        self.records = table.select(["id", "image", "prompt", "reference"]).to_pylist()
         self.batch_size, self.seed = batch_size, seed
         self.epoch, self.index = 0, 0
         self._order = self._permutation()

@@ -1,9 +1,11 @@
-"""Rollout workers: policy replicas that sample responses and get them scored by the reward model.
+"""Rollout workers: policy replicas that sample responses and get them scored by the reward sources.
 
 ``RolloutWorker`` is a plain class (testable without Ray); ``RolloutGroup`` makes N of them
-Ray actors and splits each batch of prompts across them. Scores come from the reward model's
-Ray Serve deployment through a ``DeploymentHandle`` (uint8 images in, preprocessing in the
-replica), never over HTTP inside the cluster.
+Ray actors and splits each batch of prompts across them. Scores come from the reward
+deployment on Ray Serve (:mod:`mmrlhf.reward.serve_app`), one call per batch through a
+``DeploymentHandle`` with the images (uint8, preprocessed in the replica), the responses and
+the records' references and prompts, never over HTTP inside the cluster. The references go to
+the reward sources only, never into the policy's input.
 
 Faults (Ray docs, "Fault tolerance: actors"): a worker actor that dies is restarted
 (``max_restarts``) and the ``generate`` task it was running is retried on the restarted actor
@@ -11,28 +13,33 @@ Faults (Ray docs, "Fault tolerance: actors"): a worker actor that dies is restar
 by (run seed, step, worker index), and each call carries the policy version it must use, which a
 restarted worker (back at the starting weights) loads before it samples. A reward call that
 times out or fails is retried; when every try fails the samples are left unscored (NaN, masked
-out by the learner and counted as ``rollout/unscored``), never given a made-up score.
+out by the learner and counted as ``rollout/unscored``), never given a made-up score. A
+ValueError raised remotely (a bad record, a failing reward function) is re-raised as itself,
+without Ray's wrapper, so it reads as one line that names the cause.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import ray
 import torch
 from ray import ObjectRef
-from ray.exceptions import RayError
+from ray.exceptions import RayError, RayTaskError
 
+from mmrlhf.config import TOTAL
 from mmrlhf.data.media import decode_image
 from mmrlhf.metrics import record_reward_latency
 from mmrlhf.models.policy import encode_prompts, generate, load_policy
 from mmrlhf.sync import WeightTransport, load_state_dict_strict, state_dict_hash
 from mmrlhf.types import Rollout
 
-Scorer = Callable[[list[np.ndarray], list[str]], list[float]]
+# (images, responses, references, prompts) -> {source label: (B,), "total": (B,)}
+Scorer = Callable[[list[np.ndarray], list[str], list[Any], list[str]], dict[str, np.ndarray]]
 MAX_RESTARTS = 3
 logger = logging.getLogger(__name__)
 
@@ -41,29 +48,45 @@ class ScoringFailed(RuntimeError):
     """Every try of a reward call failed or timed out; the samples stay unscored."""
 
 
+@contextlib.contextmanager
+def remote_value_errors() -> Iterator[None]:
+    """Re-raise a ValueError that a Ray task or Serve replica raised as itself, not wrapped in
+    ``RayTaskError`` (whose message is the remote traceback; it stays chained as the cause)."""
+    try:
+        yield
+    except RayTaskError as err:
+        if isinstance(err.cause, ValueError):
+            raise err.cause from err
+        raise
+
+
 def serve_scorer(app_name: str, deployment_name: str = "RewardDeployment", timeout_s: float = 60.0,
                  retries: int = 3) -> Scorer:
-    """A scoring function that calls the reward deployment's ``score`` through a handle.
+    """A scoring function that calls the reward deployment's ``score(images, texts, references,
+    prompts)`` through a handle; it returns the per-source scores and ``total``.
 
     Each call's seconds, retries included, go to the Ray histogram ``mmrlhf_reward_latency_seconds``.
 
     Each try waits ``timeout_s`` seconds (then cancels the request); a failed or timed-out try
     is retried ``retries`` times, after 1, 2, 4... seconds (at most ``timeout_s``), which gives
-    Serve time to replace an unhealthy replica. A ``ValueError`` (a malformed request, the
-    caller's bug) is raised at once. Raises :class:`ScoringFailed` when every try failed.
+    Serve time to replace an unhealthy replica. A ``ValueError`` (a malformed request, or a
+    reward function that fails: the caller's to fix) is raised at once, unwrapped
+    (:func:`remote_value_errors`). Raises :class:`ScoringFailed` when every try failed.
     """
     from ray import serve
 
     handle = serve.get_deployment_handle(deployment_name, app_name=app_name)
 
-    def score(images: list[np.ndarray], texts: list[str]) -> list[float]:
+    def score(images: list[np.ndarray], texts: list[str], references: list[Any],
+              prompts: list[str]) -> dict[str, np.ndarray]:
         errors = []
         for attempt in range(retries + 1):
             if attempt:
                 time.sleep(min(2.0 ** (attempt - 1), timeout_s))
-            response = handle.score.remote(images, texts)
+            response = handle.score.remote(images, texts, references, prompts)
             try:
-                return response.result(timeout_s=timeout_s)
+                with remote_value_errors():
+                    return response.result(timeout_s=timeout_s)
             except ValueError:
                 raise
             except (TimeoutError, RayError) as err:
@@ -123,31 +146,34 @@ class RolloutWorker:
     @torch.no_grad()
     def generate(self, records: list[dict[str, Any]], samples_per_prompt: int, step: int,
                  weights: tuple[int, list[ObjectRef]] | None = None) -> Rollout:
-        """Sample ``samples_per_prompt`` responses per record and score them.
+        """Sample ``samples_per_prompt`` responses per record and score them with every reward source.
 
-        ``records``: dicts with ``id``, ``image`` (encoded bytes) and ``prompt``. ``weights``:
+        ``records``: dicts with ``id``, ``image`` (encoded bytes), ``prompt`` and optionally
+        ``reference`` (given to the reward sources only). ``weights``:
         (policy version, [ref to its state dict]) to sample with, loaded first unless this
         replica holds that version already (a restarted worker does not); None keeps the
         current weights. Sampling is seeded by (worker seed, ``step``) so a re-run of a step
         draws the same samples. Rows whose score is not finite, or could not be scored at all
-        (:class:`ScoringFailed`), keep ``scores`` NaN (the learner masks them).
+        (:class:`ScoringFailed`), keep ``scores`` NaN (the learner masks them). The rollout's
+        ``timings`` hold the seconds spent generating (images decoded, prompts encoded,
+        sampling) and scoring.
 
         Raises:
             mmrlhf.data.media.ImageDecodeError: a prompt image is unreadable (names the record).
+            ValueError: a reward source failed on the batch (names it).
         """
         if weights is not None and weights[0] != self.policy_version:
             self.load_weights(weights[0], ray.get(weights[1][0]))
+        start = time.perf_counter()
         rows = [r for r in records for _ in range(samples_per_prompt)]
         images = [decode_image(r["image"], r["id"], self.max_image_pixels) for r in rows]
         batch = encode_prompts(self.processor, images, [r["prompt"] for r in rows])
         generator = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + step)
         out = generate(self.model, self.processor, batch.to(self.device), self.max_new_tokens,
                        temperature=self.temperature, generator=generator)
-        try:
-            scores = torch.tensor(self.score(images, out.texts), dtype=torch.float32)
-        except ScoringFailed as err:
-            logger.warning("step %d: %d samples left unscored: %s", step, len(rows), err)
-            scores = torch.full((len(rows),), float("nan"))
+        generated = time.perf_counter()
+        source_scores = self._score(images, out.texts, rows, step)
+        scores = source_scores.pop(TOTAL)
         scores[~torch.isfinite(scores)] = float("nan")
         return Rollout(
             prompt_ids=[r["id"] for r in rows],
@@ -156,8 +182,19 @@ class RolloutWorker:
             response_ids=out.response_ids.cpu(), response_mask=out.response_mask.cpu(), logprobs=out.logprobs.cpu(),
             finish_reason=out.finish_reason, texts=out.texts,
             policy_version=torch.full((len(rows),), self.policy_version, dtype=torch.int64),
-            scores=scores,
+            scores=scores, source_scores=source_scores,
+            timings={"time/generate": generated - start, "time/score": time.perf_counter() - generated},
         )
+
+    def _score(self, images: list[np.ndarray], texts: list[str], rows: list[dict[str, Any]],
+               step: int) -> dict[str, torch.Tensor]:
+        """{source label: (B,), "total": (B,)} float32; only a NaN total when scoring failed."""
+        try:
+            scores = self.score(images, texts, [r.get("reference") for r in rows], [r["prompt"] for r in rows])
+        except ScoringFailed as err:
+            logger.warning("step %d: %d samples left unscored: %s", step, len(rows), err)
+            return {TOTAL: torch.full((len(rows),), float("nan"))}
+        return {label: torch.tensor(np.asarray(values), dtype=torch.float32) for label, values in scores.items()}
 
 
 class RolloutGroup:
@@ -199,8 +236,15 @@ class RolloutGroup:
                 for w, c in zip(self.workers, chunks)]
 
     def collect(self, refs: list[ObjectRef]) -> Rollout:
-        """The rollout of a :meth:`submit` call, parts joined in worker order."""
-        return Rollout.concat(ray.get(refs), self.pad_token_id)
+        """The rollout of a :meth:`submit` call, parts joined in worker order; each phase's
+        seconds are the slowest worker's (the phase's wall time).
+
+        Raises:
+            ValueError: a worker's records or reward sources failed (the worker's error itself).
+        """
+        with remote_value_errors():
+            parts = ray.get(refs)
+        return Rollout.concat(parts, self.pad_token_id, parallel=True)
 
     def generate(self, records: list[dict[str, Any]], samples_per_prompt: int, step: int) -> Rollout:
         """Scored rollout for ``records`` (``len(records) * samples_per_prompt`` rows, prompt order kept)."""

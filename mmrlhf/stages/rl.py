@@ -1,5 +1,9 @@
 """Stage 5, rl: PPO or SAC with rollout workers, a Serve reward deployment and a DeepSpeed learner group.
 
+The reward is the weighted sum of ``reward.sources`` (:mod:`mmrlhf.reward.sources`); a task with
+a gold score (``data.gold_reward``) gets it as one more source, weight 0 unless listed, so its
+``rollout/gold`` metric is just that source's mean.
+
 Sets up the distributed parts from the config (resources included), runs
 :func:`mmrlhf.controller.train_loop`, checkpoints it (:mod:`mmrlhf.checkpoint`), saves the final
 policy to ``<run_dir>/rl/policy`` and tears everything down, also on failure. ``ray.init()``
@@ -24,13 +28,13 @@ from transformers import AutoTokenizer
 from mmrlhf.algorithms.kl import AdaptiveKLController, FixedKLController
 from mmrlhf.checkpoint import CheckpointDir, read_state, restore_run, save_run, truncate_log
 from mmrlhf.cluster import init_ray, shutdown_ray
-from mmrlhf.config import RunConfig
+from mmrlhf.config import RewardSourceConfig, RunConfig, uses_model
 from mmrlhf.controller import train_loop
-from mmrlhf.data.digits import gold_score
 from mmrlhf.learner.rl_group import RLLearnerGroup
 from mmrlhf.metrics import RLMetricsLogger, gold_verdict
 from mmrlhf.models.policy import load_policy
 from mmrlhf.reward.serve_app import build_reward_app, deploy_reward
+from mmrlhf.reward.sources import load_rule_functions
 from mmrlhf.rollout.prompts import PromptSource
 from mmrlhf.rollout.worker import RolloutGroup, serve_scorer
 from mmrlhf.stages.common import RunPaths, atomic_dir, policy_path
@@ -59,21 +63,35 @@ def _local_cpus(cfg: RunConfig) -> int:
     return r.num_cpus or max(os.cpu_count() or 1, int(needed + 0.999))
 
 
+def reward_sources(cfg: RunConfig) -> list[RewardSourceConfig]:
+    """``reward.sources``, and the task's gold reward (``data.gold_reward``) with weight 0 (for
+    the ``rollout/gold`` metric) unless it is listed already."""
+    sources, gold = list(cfg.reward.sources), cfg.data.gold_reward
+    if gold is not None and gold not in (s.name for s in sources):
+        sources.append(RewardSourceConfig(gold, weight=0.0))
+    return sources
+
+
 def rl_inputs(cfg: RunConfig, force: bool = False) -> str:
-    """The SFT policy's path, after checking that the RL stage's inputs (SFT policy, reward model)
-    exist and are current (:func:`mmrlhf.stages.lineage.check_current`, skipped with ``force``).
+    """The SFT policy's path, after checking the RL stage's inputs: the SFT policy, the reward
+    model when it is a reward source, that every rule-function source can be imported, and that
+    the inputs are current (:func:`mmrlhf.stages.lineage.check_current`, skipped with ``force``).
 
     Raises:
         FileNotFoundError: naming the missing output and the command that makes it.
         StaleOutputError: naming the stale output and the command that makes it again.
-        ValueError: ``rl.prompts_per_step`` exceeds the feedback split. References longer than
+        ValueError: a reward source that cannot be imported or called (names it, one line), or
+            ``rl.prompts_per_step`` exceeds the feedback split. References longer than
             ``rl.max_new_tokens`` are logged as a warning with the share that would be cut.
     """
     sft = str(policy_path(cfg, "sft"))
+    sources = reward_sources(cfg)
+    load_rule_functions(sources)
     reward_model = RunPaths(cfg.run_dir).reward_model
-    if not (reward_model / "config.json").exists():
-        raise FileNotFoundError(f"no reward model at {reward_model}: run `mmrlhf reward train` first")
-    for stage in (SFT, REWARD):
+    if uses_model(sources) and not (reward_model / "config.json").exists():
+        raise FileNotFoundError(f"no reward model at {reward_model}: run `mmrlhf reward train` first "
+                                "(or leave 'model' out of reward.sources)")
+    for stage in (SFT, REWARD) if uses_model(sources) else (SFT,):
         check_current(cfg, stage.folder, force)
     pool = load_split(cfg, "feedback")
     check_prompts_fit("rl.prompts_per_step", cfg.rl.prompts_per_step, "feedback", pool.num_rows)
@@ -82,12 +100,14 @@ def rl_inputs(cfg: RunConfig, force: bool = False) -> str:
     return sft
 
 
-def start_reward_deployment(cfg: RunConfig) -> None:
-    """Deploy the trained reward model on Serve (batched, autoscaled, HTTP only if enabled)."""
+def start_reward_deployment(cfg: RunConfig, sources: list[RewardSourceConfig]) -> None:
+    """Deploy the reward sources on Serve (batched, autoscaled, HTTP only if enabled); the trained
+    reward model is loaded only when it is one of ``sources``."""
     rc, res = cfg.reward, cfg.resources
     replicas = {"min_replicas": rc.min_replicas, "max_replicas": rc.max_replicas,
                 "target_ongoing_requests": rc.target_ongoing_requests}
-    app = build_reward_app(RunPaths(cfg.run_dir).reward_model, max_batch_size=rc.max_batch_size,
+    weights_dir = RunPaths(cfg.run_dir).reward_model if uses_model(sources) else None
+    app = build_reward_app(weights_dir, sources=sources, max_batch_size=rc.max_batch_size,
                            replicas=replicas if rc.max_replicas > rc.min_replicas else rc.min_replicas,
                            ray_actor_options=_actor_options(res.reward_cpus, res.reward_gpus, res.reward_resource),
                            batch_wait_timeout_s=rc.batch_wait_timeout_s,
@@ -115,7 +135,6 @@ class RLSystem:
     weight_sync: WeightSync
     prompts: PromptSource
     kl_controller: FixedKLController | AdaptiveKLController
-    references: dict[str, str | None]  # prompt id -> reference, for the gold score only
     policy_path: str
 
 
@@ -129,6 +148,7 @@ def rl_system(cfg: RunConfig, force: bool = False) -> Iterator[RLSystem]:
     Raises:
         ValueError: the cluster lacks resources the configured actors need (names them).
         FileNotFoundError: no SFT policy or no reward model yet.
+        ValueError: a reward source that cannot be imported or called.
     """
     rl, res = cfg.rl, cfg.resources
     check_cluster_fits(cfg, ray.cluster_resources(), ray.available_resources())
@@ -137,7 +157,7 @@ def rl_system(cfg: RunConfig, force: bool = False) -> Iterator[RLSystem]:
     pool = load_split(cfg, "feedback")
     rollout_group = learner_group = None
     try:
-        start_reward_deployment(cfg)
+        start_reward_deployment(cfg, reward_sources(cfg))
         transport = ObjectStoreTransport()
         timeout_s, retries = cfg.reward.score_timeout_s, cfg.reward.score_retries
         rollout_group = RolloutGroup(
@@ -153,7 +173,6 @@ def rl_system(cfg: RunConfig, force: bool = False) -> Iterator[RLSystem]:
             rollout_group, learner_group, WeightSync(rollout_group.workers, transport),
             PromptSource(pool, rl.prompts_per_step, cfg.seed),
             AdaptiveKLController(rl.kl_coef, rl.kl_target, 10_000) if rl.kl_target else FixedKLController(rl.kl_coef),
-            dict(zip(pool.column("id").to_pylist(), pool.column("reference").to_pylist())),
             sft)
     finally:
         if learner_group is not None:
@@ -178,14 +197,16 @@ def run_rl(cfg: RunConfig, resume: bool = False, force: bool = False) -> list[di
         StaleOutputError: the SFT policy or reward model is stale (unless ``force``).
         FileNotFoundError: no SFT policy or no reward model yet; ``resume`` without a checkpoint.
         FileExistsError: checkpoints of an earlier run exist and ``resume`` is off.
-        ValueError: ``resume`` with a config that changes the run (names the settings).
+        ValueError: ``resume`` with a config that changes the run (names the settings); a reward
+            source that cannot be imported, or that fails on a batch (names it).
         mmrlhf.learner.group.LearnerRankDied: a learner rank died (names it).
         RuntimeError: the learner group could not be placed or a rank failed (names the cause).
     """
     started = time.perf_counter()
     rl_inputs(cfg, force)  # before anything is started or written
     paths = RunPaths(cfg.run_dir)
-    record = lineage_of(cfg, RL, [stage_input(cfg, SFT), stage_input(cfg, REWARD), paths.split("feedback")])
+    inputs = [SFT, REWARD] if uses_model(reward_sources(cfg)) else [SFT]
+    record = lineage_of(cfg, RL, [*(stage_input(cfg, stage) for stage in inputs), paths.split("feedback")])
     checkpoints = CheckpointDir(paths.rl_checkpoints, keep=cfg.rl.keep_checkpoints)
     start = checkpoints.latest()
     if resume and start is None:
@@ -203,6 +224,7 @@ def run_rl(cfg: RunConfig, resume: bool = False, force: bool = False) -> list[di
     if owned:
         init_ray(num_cpus=_local_cpus(cfg) if local else None, include_dashboard=False if local else None)
     logger = RLMetricsLogger(cfg.run_dir, cfg.rl.steps, state["step"] if state else 0)  # JSONL, TensorBoard, Ray metrics, plot
+    gold_key = f"rollout/reward/{RewardSourceConfig(cfg.data.gold_reward).label}" if cfg.data.gold_reward else None
     try:
         with rl_system(cfg, force) as system:
             start_step = 0
@@ -212,10 +234,8 @@ def run_rl(cfg: RunConfig, resume: bool = False, force: bool = False) -> list[di
                 print(f"rl: resumed from {start} (step {start_step})", flush=True)
 
             def on_step(step: int, metrics: dict[str, float], rollout) -> None:
-                golds = [gold_score(t, system.references[p]) for t, p in zip(rollout.texts, rollout.prompt_ids)
-                         if system.references.get(p)] if cfg.data.has_gold_score else []
-                if golds:
-                    metrics["rollout/gold"] = sum(golds) / len(golds)
+                if gold_key in metrics:
+                    metrics["rollout/gold"] = metrics[gold_key]
                 metrics["step"] = step
                 if not history:  # seconds from the stage's start to its first step: Ray, Serve, actors, DeepSpeed
                     metrics["time/startup"] = loop_start - started

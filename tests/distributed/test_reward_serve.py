@@ -1,7 +1,9 @@
-"""Reward deployment on real Ray Serve: batching, in-place reconfigure, health, HTTP validation.
+"""Reward deployment on real Ray Serve: batching, in-place reconfigure, health, HTTP validation,
+rule functions by import path beside or instead of the learned model.
 
-The scorer here is a small real class (score = scale * mean pixel / 255 + len(text)), so the
-numbers are known by hand; the plumbing under test is Serve's.
+The scorer here is a small real class (score = scale * mean pixel / 255 + len(text)) and the rule
+functions are in `tests/reward/rule_functions.py`, so the numbers are known by hand; the plumbing
+under test is Serve's.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import requests
 from PIL import Image
 from ray import serve
 
+from mmrlhf.config import RewardSourceConfig
 from mmrlhf.reward.serve_app import (
     HEALTH_TEXT,
     build_reward_app,
@@ -28,6 +31,8 @@ from mmrlhf.reward.serve_app import (
     decode_image,
     deploy_reward,
 )
+from mmrlhf.rollout.worker import serve_scorer
+from tests.reward.rule_functions import PATH
 
 # pytest imports this file as `distributed.test_...`, a name Serve replicas can't import; ship the
 # scorer defined here by value instead.
@@ -89,6 +94,16 @@ def reward_app(tmp_path: Path, name: str, scale: float, version: int, **kwargs):
     )
 
 
+def totals(response) -> list[float]:
+    """The total scores of a `handle.score` call, as Python floats."""
+    return response.result()["total"].tolist()
+
+
+def no_records(n: int) -> tuple[list[None], list[str]]:
+    """References and prompts for n items scored by the learned model alone (which ignores both)."""
+    return [None] * n, [""] * n
+
+
 def batch_sizes(tmp_path: Path) -> list[int]:
     """Sizes of the scored batches so far, leaving out Serve's health-check self-tests."""
     return [e["batch"] for e in events(tmp_path) if "batch" in e and e["texts"] != [HEALTH_TEXT]]
@@ -130,42 +145,90 @@ def test_serve_batches_concurrent_calls_and_reconfigures(serve_instance, tmp_pat
     white = np.full((4, 5), 255, dtype=np.uint8)
     rgb_black = np.zeros((3, 3, 3), dtype=np.uint8)
 
-    responses = [handle.score.remote([white], ["x" * i]) for i in range(8)]  # 8 concurrent callers
-    assert [r.result() for r in responses] == [[pytest.approx(1.0 + i)] for i in range(8)]
+    responses = [handle.score.remote([white], ["x" * i], *no_records(1)) for i in range(8)]  # 8 concurrent callers
+    assert [totals(r) for r in responses] == [[pytest.approx(1.0 + i)] for i in range(8)]
     sizes = batch_sizes(tmp_path)
     assert sum(sizes) == 8 and max(sizes) > 1, sizes
-    scores = handle.score.remote([white, rgb_black], ["ab", ""]).result()
-    assert scores == [pytest.approx(3.0), 0.0]
+    scores = handle.score.remote([white, rgb_black], ["ab", ""], *no_records(2)).result()
+    assert list(scores) == ["model", "total"] and scores["model"].dtype == np.float32
+    assert scores["total"].tolist() == scores["model"].tolist() == [pytest.approx(3.0), 0.0]
     assert handle.weights_version.remote().result() == 1
     handle.check_health.remote().result()  # raises on an unhealthy replica
 
     # Redeployed from Python: Serve starts a replica on the new user_config.
     deploy_reward(reward_app(tmp_path, "v2", scale=3.0, version=2))
     assert handle.weights_version.remote().result() == 2
-    assert handle.score.remote([white], ["ab"]).result() == [pytest.approx(5.0)]
+    assert totals(handle.score.remote([white], ["ab"], *no_records(1))) == [pytest.approx(5.0)]
     assert last_load(tmp_path) == ("v2", "init")
 
     # What Serve calls on the live replica when a declarative update changes only user_config.
     v3 = weights_dir(tmp_path, "v3", scale=5.0)
     handle.reconfigure.remote({"weights_dir": str(v3), "version": 3}).result()
     assert handle.weights_version.remote().result() == 3
-    assert handle.score.remote([white], ["ab"]).result() == [pytest.approx(7.0)]
+    assert totals(handle.score.remote([white], ["ab"], *no_records(1))) == [pytest.approx(7.0)]
     assert last_load(tmp_path) == ("v3", "load_weights")
 
     with pytest.raises(ValueError, match=r"images\[0\] must be a uint8 ndarray"):
-        handle.score.remote([white.astype(np.float32)], ["a"]).result()
+        handle.score.remote([white.astype(np.float32)], ["a"], *no_records(1)).result()
+    with pytest.raises(ValueError, match=r"2 images but 1 references"):
+        handle.score.remote([white, white], ["a", "b"], [None], ["", ""]).result()
+
+
+def test_rule_functions_by_import_path_are_served_beside_the_model_one_call_per_batch(serve_instance, tmp_path):
+    sources = [RewardSourceConfig("model", 1.0), RewardSourceConfig(f"{PATH}:reference_match", 2.0),
+               RewardSourceConfig(f"{PATH}:prompt_words", 0.0)]
+    handle = deploy_reward(reward_app(tmp_path, "v1", scale=1.0, version=1, sources=sources,
+                                      batch_wait_timeout_s=0.2))
+    white, black = np.full((4, 5), 255, dtype=np.uint8), np.zeros((3, 3, 3), dtype=np.uint8)
+    # Two callers at once, so their items share a batch and must come back split per caller.
+    first = handle.score.remote([white, black], ["ab", ""], ["ab", None], ["what is it", "q"])
+    second = handle.score.remote([black], ["abc"], ["xyz"], ["one two"])
+    first, second = first.result(), second.result()
+    assert list(first) == ["model", "reference_match", "prompt_words", "total"]
+    assert max(batch_sizes(tmp_path)) == 3  # both calls in one batch
+    np.testing.assert_allclose(first["model"], [3.0, 0.0])              # 255/255 + len("ab"); 0 + 0
+    np.testing.assert_array_equal(first["reference_match"], [1.0, np.nan])  # no reference: unscored
+    np.testing.assert_array_equal(first["prompt_words"], [3.0, 1.0])         # weight 0: computed only
+    np.testing.assert_allclose(first["total"], [3.0 + 2 * 1.0, np.nan])      # never 0 for the unscored
+    np.testing.assert_allclose([second[k][0] for k in first], [3.0, 0.0, 2.0, 3.0])
+    handle.check_health.remote().result()
+
+
+def test_rule_function_alone_is_served_without_weights_and_its_failure_reaches_the_caller_as_one_line(
+        serve_instance):
+    name = f"{PATH}:strict_length"
+    handle = deploy_reward(build_reward_app(None, sources=[RewardSourceConfig(name, 1.0)],
+                                            ray_actor_options={"num_cpus": 0.5}), name="reward-rules")
+    image = np.zeros((2, 2), dtype=np.uint8)
+    scores = handle.score.remote([image, image], ["abc", "a"], [None, None], ["q", "q"]).result()
+    assert {k: v.tolist() for k, v in scores.items()} == {"strict_length": [3.0, 1.0], "total": [3.0, 1.0]}
+    handle.check_health.remote().result()  # no learned model to check, and no weights to load
+    assert handle.weights_version.remote().result() == 0
+    with pytest.raises(ValueError) as info:  # what a rollout worker's call raises: not retried, unwrapped
+        serve_scorer("reward-rules", timeout_s=30.0, retries=0)([image], [""], [None], ["q"])
+    assert str(info.value) == f"reward source {name!r} raised ValueError on a batch of 1 responses: empty response"
+
+
+def test_build_reward_app_refuses_bad_sources_before_anything_is_deployed(tmp_path):
+    with pytest.raises(ValueError, match=r"reward source 'tests.reward.nope:f': cannot import 'tests.reward.nope'"):
+        build_reward_app(None, sources=[RewardSourceConfig("tests.reward.nope:f", 1.0)])
+    with pytest.raises(ValueError, match="weights_dir=None"):
+        build_reward_app(None)  # the learned model alone, and no weights for it
+    with pytest.raises(ValueError, match="weights are needed exactly when a source is 'model'"):
+        build_reward_app(tmp_path, sources=[RewardSourceConfig(f"{PATH}:strict_length", 1.0)])
 
 
 def test_http_route_rejects_malformed_request_with_4xx(serve_instance, tmp_path):
     port = free_port()
-    app = reward_app(tmp_path, "v1", scale=1.0, version=7)
+    sources = [RewardSourceConfig("model", 1.0), RewardSourceConfig(f"{PATH}:reference_match", 1.0)]
+    app = reward_app(tmp_path, "v1", scale=1.0, version=7, sources=sources)
     deploy_reward(app, route_prefix="/reward", http_host="127.0.0.1", http_port=port)
 
     def post(items: list[dict]) -> requests.Response:
         url = f"http://127.0.0.1:{port}/reward/score"
         return requests.post(url, json={"items": items}, timeout=30)
 
-    good = {"image_png_base64": png_base64(np.full((4, 4), 255, dtype=np.uint8)), "text": "abc"}
+    good = {"image_png_base64": png_base64(np.full((4, 4), 255, dtype=np.uint8)), "text": "abc", "reference": "abc"}
     response = post([good, {"image_png_base64": "%%%not base64", "text": "a"}])
     assert response.status_code == 400
     assert "items[1].image_png_base64: not valid base64" in response.json()["detail"]
@@ -178,9 +241,10 @@ def test_http_route_rejects_malformed_request_with_4xx(serve_instance, tmp_path)
     response = post([])
     assert response.status_code == 422 and "items" in json.dumps(response.json()["detail"])
 
-    response = post([good])
+    response = post([good, {**good, "reference": None}])
     assert response.status_code == 200
-    assert response.json() == {"scores": [pytest.approx(4.0)], "version": 7}
+    # 1 + len("abc") + a match; without a reference the total is unscored (null), not 0
+    assert response.json() == {"scores": [pytest.approx(5.0), None], "version": 7}
 
 
 def test_health_check_fails_on_missing_scorer_or_non_finite_score():

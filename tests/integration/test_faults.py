@@ -59,8 +59,10 @@ def test_rollout_worker_killed_mid_step_is_restarted_with_the_current_policy(ray
 
 
 def _scoring_inputs(cfg, n=4):
+    """(images, responses, references, prompts) of n feedback records."""
     pool = load_split(cfg, "feedback").slice(0, n)
-    return decode_images(pool, cfg.data.max_image_pixels), ["four one", "two", "", "seven seven seven"][:n]
+    return (decode_images(pool, cfg.data.max_image_pixels), ["four one", "two", "", "seven seven seven"][:n],
+            pool.column("reference").to_pylist(), pool.column("prompt").to_pylist())
 
 
 def _reward_app(cfg, **health):
@@ -74,13 +76,13 @@ def test_unhealthy_then_hung_reward_replica_is_replaced_and_calls_are_retried(ra
     try:
         # Generous retries (about 90 s in all): a replacement replica starts slowly on a busy 2-core machine.
         score = serve_scorer("reward-faults", timeout_s=5.0, retries=10)
-        images, texts = _scoring_inputs(tiny_run)
-        expected = score(images, texts)
+        inputs = _scoring_inputs(tiny_run)
+        expected = score(*inputs)["total"].tolist()
         failing = handle.inject_fault.remote("fail").result()
-        assert score(images, texts) == expected  # retried until a new replica answered
+        assert score(*inputs)["total"].tolist() == expected  # retried until a new replica answered
         hung = handle.inject_fault.remote("hang").result()
         assert hung != failing
-        assert score(images, texts) == expected  # timed out, retried, answered by the replacement
+        assert score(*inputs)["total"].tolist() == expected  # timed out, retried, answered by the replacement
         assert handle.replica_id.remote().result() not in (failing, hung)
     finally:
         serve.delete("reward-faults")
@@ -93,14 +95,14 @@ def test_samples_that_cannot_be_scored_are_left_unscored_not_zero(ray_cluster, t
     threads = torch.get_num_threads()
     try:
         handle.inject_fault.remote("hang").result()
-        images, texts = _scoring_inputs(tiny_run)
         with pytest.raises(ScoringFailed, match="2 tries failed"):
-            serve_scorer("reward-stuck", timeout_s=1.0, retries=1)(images, texts)
+            serve_scorer("reward-stuck", timeout_s=1.0, retries=1)(*_scoring_inputs(tiny_run))
         worker = RolloutWorker(str(policy_path(tiny_run, "sft")), lambda: serve_scorer("reward-stuck", timeout_s=1.0, retries=0),
                                seed=0, temperature=1.0, max_new_tokens=4, max_image_pixels=tiny_run.data.max_image_pixels)
         records = PromptSource(load_split(tiny_run, "feedback"), 2, seed=0).next_batch()
         rollout = worker.generate(records, samples_per_prompt=2, step=0)
         assert len(rollout) == 4 and torch.isnan(rollout.scores).all()  # dropped from learning, never 0
+        assert rollout.source_scores == {}  # no source answered
     finally:
         torch.set_num_threads(threads)
         handle.inject_fault.remote("none").result()

@@ -7,6 +7,7 @@ model) is built once per session by the real stages (`tiny_run` in conftest.py).
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import pytest
 import ray
@@ -19,8 +20,10 @@ from mmrlhf.models.policy import load_policy
 from mmrlhf.reward.scorer import RewardScorer
 from mmrlhf.stages.common import RunPaths, policy_path
 from mmrlhf.stages.data import decode_images, load_split
-from mmrlhf.stages.rl import REWARD_APP, rl_system
+from mmrlhf.stages.rl import REWARD_APP, rl_inputs, rl_system, run_rl
 from mmrlhf.sync import state_dict_hash
+
+from .conftest import clone_run
 
 
 def test_two_rl_steps_sync_versions_and_weights_with_serve_rewards(ray_cluster, tiny_run):
@@ -55,8 +58,26 @@ def test_two_rl_steps_sync_versions_and_weights_with_serve_rewards(ray_cluster, 
     local = RewardScorer.from_pretrained(RunPaths(cfg.run_dir).reward_model).score(
         [image_of[p] for p in rollout.prompt_ids], rollout.texts)
     torch.testing.assert_close(rollout.scores, torch.from_numpy(local), rtol=1e-4, atol=1e-4)
+    # The task's gold score came along as a weight-0 source, from the same call.
+    assert list(rollout.source_scores) == ["model", "gold_reward"]
+    torch.testing.assert_close(rollout.source_scores["model"], rollout.scores)
+    assert ((rollout.source_scores["gold_reward"] >= 0) & (rollout.source_scores["gold_reward"] <= 1)).all()
     for _, metrics, _, _ in steps:
         assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k.startswith(("ppo/", "value/")))
+        assert metrics["rollout/unscored/model"] == metrics["rollout/unscored/gold_reward"] == 0
+        assert metrics["time/generate"] > 0 and metrics["time/score"] > 0
+
+
+def test_rl_on_the_gold_reward_alone_is_one_config_line_and_needs_no_reward_model(ray_cluster, tiny_run, tmp_path):
+    gold_only = 'reward.sources=[{name: "mmrlhf.data.digits:gold_reward", weight: 1.0}]'
+    cfg = clone_run(tiny_run, tmp_path / "run", [gold_only, "rl.steps=1"])
+    shutil.rmtree(RunPaths(cfg.run_dir).reward_model)
+    with pytest.raises(FileNotFoundError, match="no reward model"):
+        rl_inputs(dataclasses.replace(cfg, reward=tiny_run.reward))  # the learned model needs one
+    history = run_rl(cfg)
+    assert len(history) == 1 and "rollout/reward/model" not in history[0]
+    assert history[0]["rollout/gold"] == history[0]["rollout/reward/gold_reward"] == history[0]["rollout/reward"]
+    assert (RunPaths(cfg.run_dir).rl_policy / "config.json").exists()
 
 
 def _first_step(cfg, zero_stage, rollout):

@@ -30,7 +30,7 @@ def _pool(n):
                      "reference": ["secret"] * n})
 
 
-def test_prompt_source_covers_each_epoch_once_hides_references_and_resumes():
+def test_prompt_source_covers_each_epoch_once_carries_references_and_resumes():
     source = PromptSource(_pool(10), batch_size=3, seed=1)
     epoch0 = [r["id"] for _ in range(3) for r in source.next_batch()]
     assert len(set(epoch0)) == 9  # 3 full batches, no repeat within an epoch
@@ -39,7 +39,7 @@ def test_prompt_source_covers_each_epoch_once_hides_references_and_resumes():
     resumed = PromptSource(_pool(10), batch_size=3, seed=1)
     resumed.load_state_dict(state)
     assert [r["id"] for r in resumed.next_batch()] == following
-    assert "reference" not in source.next_batch()[0]
+    assert source.next_batch()[0]["reference"] == "secret"  # for the reward sources, not the policy
 
 
 def test_prompt_source_rejects_batch_larger_than_pool():
@@ -47,7 +47,7 @@ def test_prompt_source_rejects_batch_larger_than_pool():
         PromptSource(_pool(10), batch_size=11, seed=0)
 
 
-def _rollout(prompt_ids, r_len, t_len, scores, version=0):
+def _rollout(prompt_ids, r_len, t_len, scores, version=0, **extra):
     b = len(prompt_ids)
     return Rollout(
         prompt_ids=prompt_ids, sample_index=list(range(b)),
@@ -55,7 +55,7 @@ def _rollout(prompt_ids, r_len, t_len, scores, version=0):
         pixel_values=torch.zeros(b, 3, 2, 2), response_ids=torch.full((b, r_len), 5),
         response_mask=torch.ones(b, r_len), logprobs=torch.full((b, r_len), -1.0),
         finish_reason=["eos"] * b, texts=["t"] * b,
-        policy_version=torch.full((b,), version), scores=torch.tensor(scores))
+        policy_version=torch.full((b,), version), scores=torch.tensor(scores), **extra)
 
 
 def test_rollout_concat_repads_prompts_left_and_responses_right():
@@ -66,6 +66,17 @@ def test_rollout_concat_repads_prompts_left_and_responses_right():
     assert joined.response_ids[0].tolist() == [5, 5, 0, 0]
     assert joined.scores.tolist() == [1.0, 2.0]
     assert joined.policy_version.tolist() == [0, 1]
+
+
+def test_rollout_concat_fills_a_missing_source_with_nan_and_joins_phase_times_by_max_or_sum():
+    a = _rollout(["a"], 1, 1, [1.0], source_scores={"model": torch.tensor([1.0])},
+                 timings={"time/generate": 2.0, "time/score": 0.5})
+    b = _rollout(["b", "b"], 1, 1, [float("nan")] * 2, timings={"time/generate": 3.0, "time/score": 0.25})  # scoring failed
+    parallel = Rollout.concat([a, b], pad_token_id=0, parallel=True)
+    torch.testing.assert_close(parallel.source_scores["model"], torch.tensor([1.0, float("nan"), float("nan")]),
+                               equal_nan=True)
+    assert parallel.timings == {"time/generate": 3.0, "time/score": 0.5}  # the slowest worker's wall time
+    assert Rollout.concat([a, b], pad_token_id=0).timings == {"time/generate": 5.0, "time/score": 0.75}
 
 
 def test_rollout_metrics_count_groups_whose_samples_all_score_alike():

@@ -39,6 +39,12 @@ def _feedback_import(cfg: RunConfig, args: argparse.Namespace) -> None:
     run_feedback_import(cfg, args.file, args.kind, append=args.append)
 
 
+def _feedback_sample(cfg: RunConfig, args: argparse.Namespace) -> None:
+    from mmrlhf.stages.feedback_sample import run_feedback_sample
+
+    run_feedback_sample(cfg, args.kind, policy=args.policy, out=args.out, gold_fraction=args.gold_fraction)
+
+
 def _reward(cfg: RunConfig, args: argparse.Namespace) -> None:
     from mmrlhf.stages.reward_train import run_reward_training
 
@@ -92,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = fsub.add_parser("simulate", help="sample K responses per prompt; a simulated annotator picks")
     _add_config_args(p)
     p.set_defaults(fn=_feedback)
+    p = fsub.add_parser("sample", help="K responses per feedback prompt from a policy, written as comparison tasks "
+                        "for people (Parquet, JSONL, images, an HTML page)")
+    p.add_argument("--kind", default="ranking", help="pairwise, ranking or rating: the shape `feedback import` reads back")
+    p.add_argument("--policy", default="sft", help="'sft', 'rl', 'init' or a policy path")
+    p.add_argument("--out", help="the tasks folder (default <run_dir>/feedback/tasks)")
+    p.add_argument("--gold-fraction", type=float, default=0.1,
+                   help="share of pairwise tasks whose gold-score answer scores annotators (digits task)")
+    _add_config_args(p)
+    p.set_defaults(fn=_feedback_sample)
     p = fsub.add_parser("import", help="preference pairs from a file of human judgements (.jsonl, .csv, .parquet)")
     p.add_argument("file", help="the feedback file; its rows' fields depend on --kind (see the README)")
     # no argparse choices: the kinds live with the importer, whose imports would slow `--help`

@@ -45,6 +45,28 @@ def _feedback_sample(cfg: RunConfig, args: argparse.Namespace) -> None:
     run_feedback_sample(cfg, args.kind, policy=args.policy, out=args.out, gold_fraction=args.gold_fraction)
 
 
+def _feedback_label(cfg: RunConfig, args: argparse.Namespace) -> None:
+    from mmrlhf.stages.feedback_label import serve_tasks
+    from mmrlhf.stages.feedback_sample import default_tasks_dir
+
+    serve_tasks(args.tasks or default_tasks_dir(cfg), **_page_options(cfg, args))
+
+
+def _page_options(cfg: RunConfig, args: argparse.Namespace) -> dict:
+    return {"host": args.host, "port": args.port, "token": args.token, "seed": cfg.seed,
+            "repeat_fraction": args.repeat_fraction, "replicas": args.replicas}
+
+
+def _add_page_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; any other than 127.0.0.1 "
+                   "requires an annotator token (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--token", help="annotator token (default: a random one when --host is not loopback)")
+    p.add_argument("--replicas", type=int, default=1, help="Serve replicas of the page (default 1)")
+    p.add_argument("--repeat-fraction", type=float, default=0.05,
+                   help="share of pairs shown again with sides swapped, for self-consistency (default 0.05)")
+
+
 def _reward(cfg: RunConfig, args: argparse.Namespace) -> None:
     from mmrlhf.stages.reward_train import run_reward_training
 
@@ -107,10 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of pairwise tasks whose gold-score answer scores annotators (digits task)")
     _add_config_args(p)
     p.set_defaults(fn=_feedback_sample)
+    p = fsub.add_parser("label", help="serve comparison tasks to people on the labeling page (Ray Serve) until "
+                        "Ctrl-C; answers go to <tasks>/answers, then `feedback import <tasks> --kind page`")
+    p.add_argument("--tasks", help="the tasks folder (default <run_dir>/feedback/tasks)")
+    _add_page_args(p)
+    _add_config_args(p)
+    p.set_defaults(fn=_feedback_label)
     p = fsub.add_parser("import", help="preference pairs from a file of human judgements (.jsonl, .csv, .parquet)")
-    p.add_argument("file", help="the feedback file; its rows' fields depend on --kind (see the README)")
+    p.add_argument("file", help="the feedback file; its rows' fields depend on --kind (see the README); "
+                   "for --kind page, the tasks folder whose labeling-page answers to import")
     # no argparse choices: the kinds live with the importer, whose imports would slow `--help`
-    p.add_argument("--kind", required=True, help="pairwise, ranking or rating")
+    p.add_argument("--kind", required=True, help="pairwise, ranking, rating, or page (the labeling page's answers)")
     p.add_argument("--append", action="store_true", help="add to the run's existing preference pairs")
     _add_config_args(p)
     p.set_defaults(fn=_feedback_import)

@@ -80,9 +80,24 @@ def _rl(cfg: RunConfig, args: argparse.Namespace) -> None:
 
 
 def _eval(cfg: RunConfig, args: argparse.Namespace) -> None:
+    if args.human:
+        _eval_human(cfg, args)
+        return
     from mmrlhf.stages.eval import print_metrics, run_eval
 
-    print_metrics(run_eval(cfg, args.policy))
+    print_metrics(run_eval(cfg, args.policy or "sft"))
+
+
+def _eval_human(cfg: RunConfig, args: argparse.Namespace) -> None:
+    from mmrlhf.stages.eval_human import human_eval_dir, human_eval_report, prepare_human_eval, print_human_eval
+    from mmrlhf.stages.feedback_label import serve_tasks
+
+    if not args.report:
+        tasks = human_eval_dir(cfg) / "tasks"
+        if not tasks.exists():
+            prepare_human_eval(cfg, args.policy or "rl", args.baseline)
+        serve_tasks(tasks, **_page_options(cfg, args))
+    print_human_eval(human_eval_report(cfg))
 
 
 def _train(cfg: RunConfig, args: argparse.Namespace) -> None:
@@ -150,8 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(fn=_reward)
 
-    p = sub.add_parser("eval", help="held-out exact match, BLEU, ROUGE-L, reward and gold score")
-    p.add_argument("--policy", default="sft", help="'sft', 'rl', 'init' or a policy path")
+    p = sub.add_parser("eval", help="held-out exact match, BLEU, ROUGE-L, reward and gold score; with --human, "
+                       "blind A/B pairs for people on the labeling page, then win rate and kappa")
+    p.add_argument("--policy", help="'sft', 'rl', 'init' or a policy path (default sft; rl with --human)")
+    p.add_argument("--human", action="store_true", help="human evaluation: write blind pairs of --baseline vs "
+                   "--policy into <run_dir>/eval/human/tasks (once), serve them until Ctrl-C, then report")
+    p.add_argument("--baseline", default="sft", help="with --human: the policy compared against (default sft)")
+    p.add_argument("--report", action="store_true", help="with --human: only report the answers so far")
+    _add_page_args(p)
     _add_config_args(p)
     p.set_defaults(fn=_eval)
     return parser

@@ -129,7 +129,7 @@ def test_two_annotators_label_through_a_killed_replica_and_every_answer_is_kept(
         finally:
             browser.close()
 
-    answers = AnswerStore(tasks_dir / ANSWERS_DIR).read()
+    answers = [a for a in AnswerStore(tasks_dir / ANSWERS_DIR).read() if a["annotator"] in done]
     assert len(answers) == 12 and not list((tasks_dir / ANSWERS_DIR).glob(".*"))
     for annotator in ("ann1", "ann2"):
         assert stored(tasks_dir, annotator) == done[annotator]  # exactly those answers, sides resolved
@@ -139,7 +139,7 @@ def test_two_annotators_label_through_a_killed_replica_and_every_answer_is_kept(
         assert repeat["shown"] == first["shown"][::-1] and repeat["chosen"] == first["chosen"]
         (gold,) = [a for a in mine if a["gold_correct"] is not None]
         assert gold["gold_correct"] is True  # the scripted person follows the gold score
-        assert all(a["page_version"] and 0 <= a["seconds"] < 120 for a in mine)
+        assert all(len(a["page_version"]) == 12 and a["seconds"] > 0 for a in mine)
     known = {r["task_id"]: r["known_better"] for r in load_tasks(tasks_dir).rows}
     assert sum(v is not None for v in known.values()) == 1
 
@@ -165,6 +165,8 @@ def test_api_needs_the_token_and_concurrent_answers_are_all_kept(page_url):
     assert len(results) == 6 and all(r["saved"] and r["preferred"] == "tie" for r in results)
     kept = {a["annotator"] for a in AnswerStore(tasks_dir / ANSWERS_DIR).read()}
     assert {f"http{i}" for i in range(6)} <= kept
+    stats = requests.get(f"{url}api/stats", headers=headers, timeout=60).json()
+    assert all(stats[f"http{i}"]["answers"] == 1 for i in range(6))
     bad = requests.post(f"{url}api/answer", headers=headers, timeout=60,
                         json={"annotator": "http0", "item_id": "nope", "repeat": False, "shown": [0, 1],
                               "seconds": 1, "page_version": "t", "choice": "tie"})

@@ -41,6 +41,34 @@ def _feedback_import(cfg: RunConfig, args: argparse.Namespace) -> None:
     run_feedback_import(cfg, args.file, args.kind, append=args.append, force=args.force)
 
 
+def _feedback_sample(cfg: RunConfig, args: argparse.Namespace) -> None:
+    from mmrlhf.stages.feedback_sample import run_feedback_sample
+
+    run_feedback_sample(cfg, args.kind, policy=args.policy, out=args.out, gold_fraction=args.gold_fraction)
+
+
+def _feedback_label(cfg: RunConfig, args: argparse.Namespace) -> None:
+    from mmrlhf.stages.feedback_label import serve_tasks
+    from mmrlhf.stages.feedback_sample import default_tasks_dir
+
+    serve_tasks(args.tasks or default_tasks_dir(cfg), **_page_options(cfg, args))
+
+
+def _page_options(cfg: RunConfig, args: argparse.Namespace) -> dict:
+    return {"host": args.host, "port": args.port, "token": args.token, "seed": cfg.seed,
+            "repeat_fraction": args.repeat_fraction, "replicas": args.replicas}
+
+
+def _add_page_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; any other than 127.0.0.1 "
+                   "requires an annotator token (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--token", help="annotator token (default: a random one when --host is not loopback)")
+    p.add_argument("--replicas", type=int, default=1, help="Serve replicas of the page (default 1)")
+    p.add_argument("--repeat-fraction", type=float, default=0.05,
+                   help="share of pairs shown again with sides swapped, for self-consistency (default 0.05)")
+
+
 def _reward(cfg: RunConfig, args: argparse.Namespace) -> None:
     from mmrlhf.stages.reward_train import run_reward_training
 
@@ -54,9 +82,24 @@ def _rl(cfg: RunConfig, args: argparse.Namespace) -> None:
 
 
 def _eval(cfg: RunConfig, args: argparse.Namespace) -> None:
+    if args.human:
+        _eval_human(cfg, args)
+        return
     from mmrlhf.stages.eval import print_metrics, run_eval
 
-    print_metrics(run_eval(cfg, args.policy, force=args.force))
+    print_metrics(run_eval(cfg, args.policy or "sft", force=args.force))
+
+
+def _eval_human(cfg: RunConfig, args: argparse.Namespace) -> None:
+    from mmrlhf.stages.eval_human import human_eval_dir, human_eval_report, prepare_human_eval, print_human_eval
+    from mmrlhf.stages.feedback_label import serve_tasks
+
+    if not args.report:
+        tasks = human_eval_dir(cfg) / "tasks"
+        if not tasks.exists():
+            prepare_human_eval(cfg, args.policy or "rl", args.baseline)
+        serve_tasks(tasks, **_page_options(cfg, args))
+    print_human_eval(human_eval_report(cfg))
 
 
 def _train(cfg: RunConfig, args: argparse.Namespace) -> None:
@@ -97,10 +140,26 @@ def build_parser() -> argparse.ArgumentParser:
     feedback = sub.add_parser("feedback", help="human feedback: a simulated annotator or imported files")
     fsub = feedback.add_subparsers(dest="action", required=True)
     _stage_parser(fsub, "simulate", "feedback simulate", _feedback)
+    p = fsub.add_parser("sample", help="K responses per feedback prompt from a policy, written as comparison tasks "
+                        "for people (Parquet, JSONL, images, an HTML page)")
+    p.add_argument("--kind", default="ranking", help="pairwise, ranking or rating: the shape `feedback import` reads back")
+    p.add_argument("--policy", default="sft", help="'sft', 'rl', 'init' or a policy path")
+    p.add_argument("--out", help="the tasks folder (default <run_dir>/feedback/tasks)")
+    p.add_argument("--gold-fraction", type=float, default=0.1,
+                   help="share of pairwise tasks whose gold-score answer scores annotators (digits task)")
+    _add_config_args(p)
+    p.set_defaults(fn=_feedback_sample)
+    p = fsub.add_parser("label", help="serve comparison tasks to people on the labeling page (Ray Serve) until "
+                        "Ctrl-C; answers go to <tasks>/answers, then `feedback import <tasks> --kind page`")
+    p.add_argument("--tasks", help="the tasks folder (default <run_dir>/feedback/tasks)")
+    _add_page_args(p)
+    _add_config_args(p)
+    p.set_defaults(fn=_feedback_label)
     p = _stage_parser(fsub, "import", "feedback import", _feedback_import)
-    p.add_argument("file", help="the feedback file; its rows' fields depend on --kind (see the README)")
+    p.add_argument("file", help="the feedback file; its rows' fields depend on --kind (see the README); "
+                   "for --kind page, the tasks folder whose labeling-page answers to import")
     # no argparse choices: the kinds live with the importer, whose imports would slow `--help`
-    p.add_argument("--kind", required=True, help="pairwise, ranking or rating")
+    p.add_argument("--kind", required=True, help="pairwise, ranking, rating, or page (the labeling page's answers)")
     p.add_argument("--append", action="store_true", help="add to the run's existing preference pairs")
 
     reward = sub.add_parser("reward", help="reward model")
@@ -108,7 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     _stage_parser(rsub, "train", "reward train", _reward)
 
     p = _stage_parser(sub, "eval", "eval", _eval)
-    p.add_argument("--policy", default="sft", help="'sft', 'rl', 'init' or a policy path")
+    p.add_argument("--policy", help="'sft', 'rl', 'init' or a policy path (default sft; rl with --human)")
+    p.add_argument("--human", action="store_true", help="human evaluation: write blind pairs of --baseline vs "
+                   "--policy into <run_dir>/eval/human/tasks (once), serve them until Ctrl-C, then report")
+    p.add_argument("--baseline", default="sft", help="with --human: the policy compared against (default sft)")
+    p.add_argument("--report", action="store_true", help="with --human: only report the answers so far")
+    _add_page_args(p)
     return parser
 
 

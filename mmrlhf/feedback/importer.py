@@ -115,21 +115,28 @@ def rating_pairs(rows: Rows, prompt_ids: Collection[str] | None = None) -> list[
 
 CONVERTERS: dict[str, Callable[[Rows, Collection[str] | None], list[PreferencePair]]] = {
     "pairwise": pairwise_pairs, "ranking": ranking_pairs, "rating": rating_pairs}
-KINDS = tuple(CONVERTERS)
+PAGE_KIND = "page"  # the labeling page's answers: a tasks folder, read by mmrlhf.feedback.answers
+KINDS = (*CONVERTERS, PAGE_KIND)
 
 
 def read_feedback_file(path: str | Path, kind: str, prompt_ids: Collection[str] | None = None) -> list[PreferencePair]:
     """Read a human feedback file (``.jsonl``, ``.csv`` or ``.parquet``) of ``kind`` as pairs.
 
-    ``kind``: one of :data:`KINDS` (the module docstring gives each one's fields).
-    ``prompt_ids`` as in :func:`pairwise_pairs`.
+    ``kind``: one of :data:`KINDS` (the module docstring gives each one's fields); ``page``
+    reads the answers the labeling page stored in the tasks folder ``path``
+    (:func:`mmrlhf.feedback.answers.read_answer_pairs`). ``prompt_ids`` as in :func:`pairwise_pairs`.
     Raises FileNotFoundError when ``path`` does not exist; ValueError for an unknown kind or
     suffix, a malformed row (naming the file, line/row and field), or a file that yields no
     preference pair.
     """
-    if kind not in CONVERTERS:
+    if kind == PAGE_KIND:
+        from mmrlhf.feedback.answers import read_answer_pairs  # imports this module
+
+        pairs = read_answer_pairs(path, prompt_ids)
+    elif kind not in CONVERTERS:
         raise ValueError(f"unknown feedback kind {kind!r}; expected one of {', '.join(KINDS)}")
-    pairs = CONVERTERS[kind](read_rows(path, "feedback file", text_columns=_TEXT_COLUMNS), prompt_ids)
+    else:
+        pairs = CONVERTERS[kind](read_rows(path, "feedback file", text_columns=_TEXT_COLUMNS), prompt_ids)
     if not pairs:
         raise ValueError(f"{path}: no preference pair in this {kind} file (it has no rows, or no "
                          "annotator gave two responses to one prompt different ratings)")

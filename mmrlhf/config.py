@@ -291,7 +291,7 @@ class RLConfig:
     ``score_normalization`` of the reward-model scores before the update: ``"group"`` subtracts the
     mean of the prompt's samples and divides by their std (GRPO's group baseline, Shao et al.
     2024), ``"batch"`` whitens over the step's samples, ``"none"`` keeps the raw scores.
-    ``advantage_estimator`` (PPO only): ``"gae"`` uses the value model; ``"grpo"``, ``"dr_grpo"``,
+    ``advantage_estimator`` (PPO only; SAC ignores it): ``"gae"`` uses the value model; ``"grpo"``, ``"dr_grpo"``,
     ``"rloo"`` and ``"reinforce_pp"`` are critic-free (:mod:`mmrlhf.algorithms.estimators`): no
     value head, advantages from the raw scores of each prompt's samples (``score_normalization``
     does not apply), and the KL leash is a loss term ``kl_coef * k3(π‖π_ref)`` per token (GRPO,
@@ -303,21 +303,21 @@ class RLConfig:
     the newest ``keep_checkpoints`` are kept (see :mod:`mmrlhf.checkpoint`).
     """
 
-    algorithm: str = "sac"
-    steps: int = 40
+    algorithm: str = "ppo"
+    steps: int = 80
     prompts_per_step: int = 32
-    samples_per_prompt: int = 4
+    samples_per_prompt: int = 8
     rollout_workers: int = 2
     learner_ranks: int = 2
     zero_stage: int = 2
-    ppo_epochs: int = 2
-    minibatch_size: int = 64
+    ppo_epochs: int = 1
+    minibatch_size: int = 128
     lr: float = 1e-4
     clip_eps: float = 0.2
     value_clip_eps: float = 0.2
     vf_coef: float = 0.1
     ent_coef: float = 0.0
-    kl_coef: float = 0.1
+    kl_coef: float = 0.01
     kl_estimator: str = "k3"
     kl_target: Optional[float] = None
     gamma: float = 1.0
@@ -328,16 +328,16 @@ class RLConfig:
     max_policy_lag: int = 0
     asynchronous: bool = False
     tis_cap: float = 2.0
-    freeze_vision_tower: bool = True
+    freeze_vision_tower: bool = False
     score_normalization: str = "group"
-    advantage_estimator: str = "gae"
+    advantage_estimator: str = "grpo"
     clip_eps_high: Optional[float] = None
     dynamic_sampling: bool = False
     dynamic_sampling_tries: int = 3
     sac_tau: float = 0.05
     sac_updates_per_step: int = 4
     replay_capacity: int = 1024
-    checkpoint_every: int = 5
+    checkpoint_every: int = 20
     keep_checkpoints: int = 2
 
     def __post_init__(self) -> None:
@@ -346,8 +346,6 @@ class RLConfig:
         _choice("rl.kl_estimator", self.kl_estimator, ("k1", "k2", "k3"))
         _choice("rl.score_normalization", self.score_normalization, ("none", "batch", "group"))
         _choice("rl.advantage_estimator", self.advantage_estimator, ADVANTAGE_ESTIMATORS)
-        _check(self.algorithm == "ppo" or self.advantage_estimator == "gae", "rl.advantage_estimator",
-               "gae with rl.algorithm=sac (the estimators are PPO's)", self.advantage_estimator)
         _check(self.clip_eps_high is None or (math.isfinite(self.clip_eps_high) and self.clip_eps_high > 0),
                "rl.clip_eps_high", "a finite number > 0, or null for rl.clip_eps", self.clip_eps_high)
         _positive("rl.dynamic_sampling_tries", self.dynamic_sampling_tries, zero_ok=True)

@@ -6,10 +6,12 @@ write RL outputs work on a copy (`clone_run`).
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
 import pytest
+import ray
 
 from mmrlhf.config import RunConfig, load_config
 from mmrlhf.stages.data import prepare_data
@@ -34,3 +36,18 @@ def clone_run(cfg: RunConfig, run_dir: Path, overrides: list[str]) -> RunConfig:
     """A copy of `cfg`'s run directory without RL outputs, and its config with `overrides`."""
     shutil.copytree(cfg.run_dir, run_dir, ignore=shutil.ignore_patterns("rl"))
     return load_config(TINY, [f"run_dir={run_dir}", *overrides])
+
+
+def first_update(cfg: RunConfig, rollout, **rl_changes) -> tuple[dict, dict, dict]:
+    """(experience metrics, update metrics, policy weights after it) of one update of a fresh
+    learner group on ``rollout``, one PPO epoch over one minibatch, ``cfg.rl`` with ``rl_changes``."""
+    from mmrlhf.learner.rl_group import RLLearnerGroup
+    from mmrlhf.stages.common import policy_path
+
+    rl = dataclasses.replace(cfg.rl, **{"ppo_epochs": 1, "minibatch_size": len(rollout), **rl_changes})
+    group = RLLearnerGroup(rl, str(policy_path(cfg, "sft")), cpus_per_rank=0.5, seed=cfg.seed)
+    try:
+        experience = group.make_experience(rollout, kl_coef=rl.kl_coef)
+        return experience, group.update(), ray.get(group.weights())
+    finally:
+        group.shutdown()

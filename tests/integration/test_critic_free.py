@@ -12,31 +12,20 @@ import ray
 import torch
 
 from mmrlhf.controller import train_loop
-from mmrlhf.learner.rl_group import RLLearnerGroup
 from mmrlhf.metrics import PHASES
 from mmrlhf.rollout.dynamic import informative_rows
-from mmrlhf.stages.common import policy_path
 from mmrlhf.stages.rl import rl_system
 from mmrlhf.sync import state_dict_hash
+from tests.integration.conftest import first_update
 
-GRPO = {"algorithm": "ppo", "advantage_estimator": "grpo", "kl_coef": 0.05, "ppo_epochs": 1, "clip_eps_high": 0.28}
-
-
-def _first_update(cfg, ranks: int, rollout):
-    rl = dataclasses.replace(cfg.rl, **GRPO, learner_ranks=ranks, minibatch_size=len(rollout))
-    group = RLLearnerGroup(rl, str(policy_path(cfg, "sft")), cpus_per_rank=0.5, seed=cfg.seed)
-    try:
-        experience = group.make_experience(rollout, kl_coef=rl.kl_coef)
-        return experience, group.update(), ray.get(group.weights())
-    finally:
-        group.shutdown()
+GRPO = {"algorithm": "ppo", "advantage_estimator": "grpo", "kl_coef": 0.05, "clip_eps_high": 0.28}
 
 
 def test_grpo_update_is_the_same_when_the_batch_is_split_across_ranks(ray_cluster, tiny_run):
     cfg = tiny_run
     with rl_system(cfg) as system:
         rollout = system.rollout_group.generate(system.prompts.next_batch(), cfg.rl.samples_per_prompt, step=0)
-    (exp1, m1, w1), (exp2, m2, w2) = (_first_update(cfg, ranks, rollout) for ranks in (1, 2))
+    (exp1, m1, w1), (exp2, m2, w2) = (first_update(cfg, rollout, **GRPO, learner_ranks=ranks) for ranks in (1, 2))
     # one epoch on fresh samples reuses the behaviour log-probs: learner and sampler agree exactly
     assert exp1["rollout/logprob_mismatch"] == 0.0 and exp1["rollout/kl"] == pytest.approx(exp2["rollout/kl"])
     assert m1["learner/loss"] != 0

@@ -13,7 +13,9 @@ import torch
 
 from mmrlhf.learner.group import LearnerRankDied
 from mmrlhf.learner.rl_group import RLLearnerGroup
+from mmrlhf.config import TOTAL
 from mmrlhf.reward.scorer import RewardScorer
+from mmrlhf.reward.sources import RewardSources
 from mmrlhf.rollout.prompts import PromptSource
 from mmrlhf.rollout.worker import RolloutWorker
 from mmrlhf.stages.common import RunPaths, policy_path
@@ -25,11 +27,11 @@ NONFINITE_ROWS = (1, 4)
 
 def _rollout_with_nonfinite_scores(cfg):
     """A real rollout (4 prompts x 2 samples, plain RolloutWorker) whose rows 1 and 4 scored NaN and inf."""
-    scorer = RewardScorer.from_pretrained(RunPaths(cfg.run_dir).reward_model)
+    sources = RewardSources(cfg.reward.sources, RewardScorer.from_pretrained(RunPaths(cfg.run_dir).reward_model))
 
-    def score(images, texts):
-        scores = scorer.score(images, texts)
-        scores[list(NONFINITE_ROWS)] = [np.nan, np.inf]
+    def score(images, texts, references, prompts):
+        scores = sources.score(images, texts, references, prompts)
+        scores[TOTAL][list(NONFINITE_ROWS)] = [np.nan, np.inf]
         return scores
 
     threads = torch.get_num_threads()

@@ -15,7 +15,7 @@ import torch
 from ray import serve
 
 from mmrlhf.controller import train_loop
-from mmrlhf.learner.rl_group import RLLearnerGroup
+from tests.integration.conftest import first_update
 from mmrlhf.models.policy import load_policy
 from mmrlhf.reward.scorer import RewardScorer
 from mmrlhf.stages.common import RunPaths, policy_path
@@ -80,22 +80,12 @@ def test_rl_on_the_gold_reward_alone_is_one_config_line_and_needs_no_reward_mode
     assert (RunPaths(cfg.run_dir).rl_policy / "config.json").exists()
 
 
-def _first_step(cfg, zero_stage, rollout):
-    """(first-step loss, policy weights after the step) of a fresh 2-rank group at `zero_stage`."""
-    rl = dataclasses.replace(cfg.rl, zero_stage=zero_stage, ppo_epochs=1, minibatch_size=len(rollout))
-    group = RLLearnerGroup(rl, str(policy_path(cfg, "sft")), cpus_per_rank=0.5, seed=cfg.seed)
-    try:
-        group.make_experience(rollout, kl_coef=rl.kl_coef)
-        return group.update()["learner/loss"], ray.get(group.weights())
-    finally:
-        group.shutdown()
-
-
 def test_zero_stages_1_2_3_give_the_same_first_step_loss_and_update(ray_cluster, tiny_run):
     cfg = tiny_run
     with rl_system(cfg) as system:
         rollout = system.rollout_group.generate(system.prompts.next_batch(), cfg.rl.samples_per_prompt, step=0)
-    (loss1, w1), (loss2, w2), (loss3, w3) = (_first_step(cfg, stage, rollout) for stage in (1, 2, 3))
+    (_, m1, w1), (_, m2, w2), (_, m3, w3) = (first_update(cfg, rollout, zero_stage=stage) for stage in (1, 2, 3))
+    loss1, loss2, loss3 = (m["learner/loss"] for m in (m1, m2, m3))
     assert loss1 != 0
     assert loss2 == pytest.approx(loss1, rel=1e-4, abs=1e-6)
     assert loss3 == pytest.approx(loss1, rel=1e-4, abs=1e-6)

@@ -97,9 +97,12 @@ def pass_at_k(correct: np.ndarray, k: int) -> np.ndarray:
 
 def sft_longer(cfg: RunConfig, seconds: float) -> Path:
     """The SFT policy trained on the labeled records for about ``seconds`` more (SFT's recipe, with
-    as many epochs as fit the budget at the step rate measured first); saved under ``sft_longer/``."""
+    as many epochs as fit the budget at the step rate measured first); saved under ``sft_longer/``
+    and reused from there by a later run of the script."""
     paths = RunPaths(cfg.run_dir)
     out = paths.root / "sft_longer" / "policy"
+    if out.exists():  # made by an earlier run of this script on the same run directory
+        return out
     model, processor = load_policy(str(paths.sft_policy))
     examples = sft_examples(cfg, processor)
     generator = seed_everything(cfg.seed + 1)

@@ -303,21 +303,21 @@ class RLConfig:
     the newest ``keep_checkpoints`` are kept (see :mod:`mmrlhf.checkpoint`).
     """
 
-    algorithm: str = "ppo"
-    steps: int = 80
+    algorithm: str = "sac"
+    steps: int = 40
     prompts_per_step: int = 32
-    samples_per_prompt: int = 8
+    samples_per_prompt: int = 4
     rollout_workers: int = 2
     learner_ranks: int = 2
     zero_stage: int = 2
-    ppo_epochs: int = 1
-    minibatch_size: int = 128
+    ppo_epochs: int = 2
+    minibatch_size: int = 64
     lr: float = 1e-4
     clip_eps: float = 0.2
     value_clip_eps: float = 0.2
     vf_coef: float = 0.1
     ent_coef: float = 0.0
-    kl_coef: float = 0.01
+    kl_coef: float = 0.1
     kl_estimator: str = "k3"
     kl_target: Optional[float] = None
     gamma: float = 1.0
@@ -328,16 +328,16 @@ class RLConfig:
     max_policy_lag: int = 0
     asynchronous: bool = False
     tis_cap: float = 2.0
-    freeze_vision_tower: bool = False
+    freeze_vision_tower: bool = True
     score_normalization: str = "group"
-    advantage_estimator: str = "grpo"
+    advantage_estimator: str = "gae"
     clip_eps_high: Optional[float] = None
     dynamic_sampling: bool = False
     dynamic_sampling_tries: int = 3
     sac_tau: float = 0.05
     sac_updates_per_step: int = 4
     replay_capacity: int = 1024
-    checkpoint_every: int = 20
+    checkpoint_every: int = 5
     keep_checkpoints: int = 2
 
     def __post_init__(self) -> None:

@@ -132,8 +132,8 @@ def test_train_refuses_a_run_dir_made_with_another_config(tmp_path):
     check_same_run(first, RunPaths(tmp_path))  # a new run directory: nothing to compare
     save_config(first, tmp_path / "config.yaml")
     check_same_run(load_config(None, [f"run_dir={tmp_path}", "rl.steps=80"]), RunPaths(tmp_path))  # resumable
-    with pytest.raises(ValueError, match=r"rl.algorithm: run 'ppo', now 'sac'.*rl.lr: run 0.0001, now 0.0002"):
-        check_same_run(load_config(None, [f"run_dir={tmp_path}", "rl.algorithm=sac", "rl.lr=2e-4"]),
+    with pytest.raises(ValueError, match=r"rl.algorithm: run 'sac', now 'ppo'.*rl.lr: run 0.0001, now 0.0002"):
+        check_same_run(load_config(None, [f"run_dir={tmp_path}", "rl.algorithm=ppo", "rl.lr=2e-4"]),
                        RunPaths(tmp_path))
 
 

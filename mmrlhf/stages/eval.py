@@ -27,6 +27,7 @@ from mmrlhf.stages.fit import warn_truncation
 from mmrlhf.stages.lineage import LINEAGE_FILE, check_current, eval_stage, lineage_of
 from mmrlhf.stages.data import decode_images, load_split, prepare_data
 from mmrlhf.stages.text_metrics import text_metrics
+from mmrlhf.stats import SMALL_SAMPLE, interval_keys, mean_interval, small_sample_warning
 
 
 @torch.no_grad()
@@ -45,7 +46,9 @@ def run_eval(cfg: RunConfig, policy: str = "sft", force: bool = False) -> dict[s
 
     Writes ``<run_dir>/eval/<label>/{metrics.json,samples.parquet,samples.csv,lineage.json}`` and returns
     the metrics: ``exact_match``, ``bleu``, ``rouge_l`` (percent), ``cider``, ``gold`` (mean gold score,
-    0–1, digits task only), ``reward`` (mean reward-model score, when a reward model was trained).
+    0–1, digits task only), ``reward`` (mean reward-model score, when a reward model was trained),
+    ``n`` (examples); under :data:`mmrlhf.stats.SMALL_SAMPLE` examples each also has its 95%
+    interval as ``<name>_low`` / ``<name>_high``.
 
     Raises:
         FileNotFoundError: the policy to evaluate has not been trained yet.
@@ -82,6 +85,10 @@ def run_eval(cfg: RunConfig, policy: str = "sft", force: bool = False) -> dict[s
         rewards = RewardScorer.from_pretrained(paths.reward_model).score(images, texts)
         metrics["reward"] = float(np.mean(rewards))
         columns["reward"] = rewards.tolist()
+    if len(texts) < SMALL_SAMPLE:
+        for name in ("gold", "reward"):
+            if name in columns:
+                metrics |= interval_keys(name, mean_interval(columns[name]))
     metrics["n"] = len(texts)
 
     samples = pa.table(columns).slice(0, cfg.eval.n_review)
@@ -104,7 +111,15 @@ def _flat_references(samples: pa.Table) -> pa.Table:
     return samples.set_column(samples.schema.get_field_index("references"), "references", pa.array(joined))
 
 
-def print_metrics(metrics: dict[str, float]) -> None:
-    """Print one evaluation's metrics as ``name value`` lines."""
+def print_metrics(metrics: dict[str, float], split: str) -> None:
+    """Print one evaluation's metrics as ``name value`` lines, each with its 95% interval when
+    it has one, under a warning when they rest on few ``split`` examples."""
+    warning = small_sample_warning(int(metrics["n"]), f"{split} examples")
+    if warning:
+        print(warning)
     for name, value in metrics.items():
-        print(f"{name:>20s} {value:10.3f}")
+        if name.endswith(("_low", "_high")):
+            continue
+        interval = (f"  [{metrics[f'{name}_low']:.3f}, {metrics[f'{name}_high']:.3f}] 95%"
+                    if f"{name}_low" in metrics else "")
+        print(f"{name:>20s} {value:10.3f}{interval}")

@@ -13,6 +13,7 @@ from mmrlhf.cluster import submitted_job_connection
 from mmrlhf.config import RunConfig, load_config, save_config, to_dict
 from mmrlhf.metrics import StageTimer
 from mmrlhf.stages.common import RunPaths
+from mmrlhf.stats import small_sample_warning
 from mmrlhf.stages.lineage import check_current
 
 TABLE_ROWS = (("exact_match", "exact match (%)"), ("bleu", "BLEU"), ("rouge_l", "ROUGE-L"), ("cider", "CIDEr"),
@@ -20,19 +21,23 @@ TABLE_ROWS = (("exact_match", "exact match (%)"), ("bleu", "BLEU"), ("rouge_l", 
 
 
 def _cell(metrics: dict[str, float], key: str) -> str:
+    if f"{key}_low" in metrics:
+        return f"{metrics[key]:.3f} [{metrics[f'{key}_low']:.3f}, {metrics[f'{key}_high']:.3f}]"
     if key == "exact_match":
         return f"{metrics[key]:.1f} ± {metrics['exact_match_stderr']:.1f}"
     return f"{metrics[key]:.3f}"
 
 
 def format_table(before: dict[str, float], after: dict[str, float], split: str) -> str:
-    """The SFT-vs-RLHF table as Markdown (exact match ± its standard error, in percent)."""
+    """The SFT-vs-RLHF table as Markdown (exact match ± its standard error, in percent); on a
+    small split every cell has its 95% interval in brackets and a warning ends the table."""
     lines = ["| metric | SFT | RLHF | change |", "|---|---|---|---|"]
     for key, label in TABLE_ROWS:
         if key in before and key in after:
             lines.append(f"| {label} | {_cell(before, key)} | {_cell(after, key)} | {after[key] - before[key]:+.3f} |")
     lines.append(f"\n{after.get('n', 0):.0f} held-out images ({split} split).")
-    return "\n".join(lines)
+    warning = small_sample_warning(int(after.get("n", 0)), f"{split} examples")
+    return "\n".join(lines + ([warning] if warning else []))
 
 
 def _rl_finished(cfg: RunConfig, paths: RunPaths, resume: bool) -> bool:

@@ -25,6 +25,7 @@ from mmrlhf.config import RunConfig
 from mmrlhf.data.schema import PREFERENCE_SCHEMA, read_table
 from mmrlhf.models.presets import resolve_reward
 from mmrlhf.models.reward import RewardModel
+from mmrlhf.metrics import log_to_tensorboard
 from mmrlhf.stages.common import RunPaths, atomic_dir, minibatches, seed_everything, write_json
 from mmrlhf.stages.lineage import (FEEDBACK_SIMULATE, REWARD, check_current, check_no_dependents, lineage_of,
                                    stage_input, write_lineage)
@@ -209,6 +210,7 @@ def run_reward_training(cfg: RunConfig, force: bool = False) -> dict[str, float]
     with atomic_dir(paths.reward_model) as out:
         model.save_pretrained(out)
     write_json(paths.reward_model.parent / "metrics.json", metrics)
+    log_to_tensorboard(cfg.run_dir, [metrics])
     write_lineage(cfg, record, REWARD.folder)
     print(held_out_line(metrics))
     return metrics

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import contextlib
 
+import ray
+
 from mmrlhf.checkpoint import CheckpointDir, config_changes, read_state
 from mmrlhf.cluster import submitted_job_connection
 from mmrlhf.config import RunConfig, load_config, save_config, to_dict
 from mmrlhf.metrics import StageTimer
 from mmrlhf.stages.common import RunPaths
+from mmrlhf.stages.fit import check_cluster_fits
 from mmrlhf.stats import small_sample_warning
 from mmrlhf.stages.lineage import check_current
 
@@ -75,6 +78,8 @@ def run_train(cfg: RunConfig, resume: bool = False) -> tuple[dict[str, float], d
     """Run every stage whose output is missing, then evaluate SFT and RLHF; returns both metrics.
 
     Raises ValueError (:func:`check_same_run`) when the run directory was made with another config,
+    or, in a submitted job whose RL stage is still to run, before any stage when the cluster lacks
+    the resources of the RL stage's actors (:func:`mmrlhf.stages.fit.check_cluster_fits`),
     and :class:`mmrlhf.stages.lineage.StaleOutputError` when a kept stage output no longer matches
     its inputs (e.g. the user's data file changed): the same checks as the stage commands.
 
@@ -103,7 +108,9 @@ def run_train(cfg: RunConfig, resume: bool = False) -> tuple[dict[str, float], d
         ("rl", lambda: _rl_finished(cfg, paths, resume),
          lambda: run_rl(cfg, resume=resume and CheckpointDir(paths.rl_checkpoints).latest() is not None)),
     ]
-    with submitted_job_connection(), contextlib.closing(StageTimer(paths.root)) as timed:
+    with submitted_job_connection() as connected, contextlib.closing(StageTimer(paths.root)) as timed:
+        if connected and not _rl_finished(cfg, paths, resume):  # refuse in seconds, not after SFT and reward
+            check_cluster_fits(cfg, ray.cluster_resources(), ray.available_resources())
         for name, done, run in stages:
             if done():
                 check_current(cfg, name)  # an output kept must still match its inputs and settings

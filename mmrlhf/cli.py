@@ -87,7 +87,7 @@ def _eval(cfg: RunConfig, args: argparse.Namespace) -> None:
         return
     from mmrlhf.stages.eval import print_metrics, run_eval
 
-    print_metrics(run_eval(cfg, args.policy or "sft", force=args.force))
+    print_metrics(run_eval(cfg, args.policy or "sft", force=args.force), cfg.eval.split)
 
 
 def _eval_human(cfg: RunConfig, args: argparse.Namespace) -> None:

@@ -66,7 +66,8 @@ COMMANDS = {
     "eval": CommandHelp(
         "eval", "held-out exact match, BLEU, ROUGE-L, CIDEr, reward and gold score",
         "<run_dir>/data/<eval.split>.parquet, the --policy, reward/model when trained",
-        "<run_dir>/eval/<policy>/{metrics.json,samples.parquet,samples.csv,lineage.json}", ("data", "eval")),
+        "<run_dir>/eval/<policy>/{metrics.json,samples.parquet,samples.csv,review.html,images/,lineage.json}",
+        ("data", "eval")),
     "train": CommandHelp(
         "train", "the whole recipe: data, sft, feedback, reward, rl, eval",
         "what each stage reads (see `mmrlhf <stage> --help`)",

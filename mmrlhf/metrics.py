@@ -12,7 +12,8 @@ Recording needs no connection: without `ray.init()` the values stay in the proce
 exported, so the same code runs in unit tests and on a laptop.
 
 Files in the run directory: `rl/metrics.jsonl` (one JSON object per RL step), `tensorboard/`
-(`torch.utils.tensorboard.SummaryWriter` event files: every RL metric by step, stage times),
+(`torch.utils.tensorboard.SummaryWriter` event files: every RL metric by step, stage times, SFT
+losses by epoch, reward-training accuracies, eval metrics and review samples as text),
 `stages.jsonl` (one line per finished stage of `mmrlhf train`) and `rl/metrics.png` (reward, gold
 score and KL over the steps, written when the RL stage ends).
 """
@@ -79,6 +80,25 @@ def record_reward_latency(score: Callable) -> Callable:
             latency.observe(time.perf_counter() - start)
 
     return timed
+
+
+def log_to_tensorboard(run_dir: str | Path, steps: Sequence[dict[str, float]], texts: dict[str, str] | None = None,
+                       prefix: str = "") -> None:
+    """Write one stage's scalars (and texts) to the run's TensorBoard event files.
+
+    steps: one dict of scalars per step (``steps[i]`` at global step i: an SFT epoch; a single
+    entry for reward training or eval); keys become tags ``prefix + key``; non-numbers are skipped.
+    texts: tag -> Markdown text (e.g. the eval review samples), at step 0.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    with contextlib.closing(SummaryWriter(str(tensorboard_dir(run_dir)))) as writer:
+        for step, scalars in enumerate(steps):
+            for key, value in scalars.items():
+                if isinstance(value, (int, float)):
+                    writer.add_scalar(prefix + key, value, global_step=step)
+        for tag, text in (texts or {}).items():
+            writer.add_text(tag, text, global_step=0)
 
 
 class RLMetricsLogger:

@@ -6,7 +6,8 @@ import math
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mmrlhf.metrics import RLMetricsLogger, StageTimer, record_reward_latency, rl_plot_path, tensorboard_dir
+from mmrlhf.metrics import (RLMetricsLogger, StageTimer, log_to_tensorboard, record_reward_latency, rl_plot_path,
+                            tensorboard_dir)
 
 
 def _scalars(run_dir):
@@ -83,3 +84,17 @@ def test_step_whose_scores_were_all_nan_is_logged_without_error(tmp_path):
     logger.log(0, _step(0, reward=math.nan, kl=0.0))  # a step whose every score was NaN
     logger.close()
     assert math.isnan(json.loads((tmp_path / "rl" / "metrics.jsonl").read_text())["rollout/reward"])
+
+
+def test_stage_scalars_by_step_and_texts_reach_tensorboard(tmp_path):
+    sft_epochs = [{"train_loss": 2.0, "val_loss": 2.5}, {"train_loss": 1.0, "val_loss": 1.5}]
+    log_to_tensorboard(tmp_path, sft_epochs, prefix="sft/")
+    log_to_tensorboard(tmp_path, [{"reward/val_accuracy": 0.75, "reward/val_pairs": 12, "note": "skipped"}],
+                       {"eval/sft/samples": "| id | response |"})
+    scalars = _scalars(tmp_path)
+    assert scalars["sft/val_loss"] == [(0, 2.5), (1, 1.5)] and scalars["sft/train_loss"][1] == (1, 1.0)
+    assert scalars["reward/val_accuracy"] == [(0, 0.75)] and scalars["reward/val_pairs"] == [(0, 12.0)]
+    assert "note" not in scalars
+    events = EventAccumulator(str(tensorboard_dir(tmp_path)))
+    events.Reload()
+    assert events.Tensors("eval/sft/samples/text_summary")[0].tensor_proto.string_val == [b"| id | response |"]

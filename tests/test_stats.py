@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from mmrlhf.stats import bootstrap_se, product_weight_bootstrap
+from mmrlhf.stats import (bootstrap_interval, bootstrap_se, mean_interval, product_weight_bootstrap,
+                          small_sample_warning, wilson_interval)
 
 
 def test_independent_rows_give_the_binomial_standard_error():
@@ -32,3 +33,39 @@ def test_paired_columns_share_draws_and_bad_input_is_refused():
         bootstrap_se(x, [[0], [1]])
     with pytest.raises(ValueError, match="at least one cluster id"):
         bootstrap_se(x, [[0], [], [1]])
+
+
+def _wilson_by_inversion(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The Wilson interval from its definition: every p with |p_hat - p| <= z sqrt(p (1 - p) / n), by a fine grid."""
+    p = np.linspace(0, 1, 2_000_001)
+    inside = p[np.abs(successes / n - p) <= z * np.sqrt(p * (1 - p) / n)]
+    return float(inside.min()), float(inside.max())
+
+
+@pytest.mark.parametrize("successes, n", [(0, 1), (0, 3), (3, 3), (1, 4), (7, 29), (15, 20)])
+def test_wilson_interval_matches_its_definition(successes, n):
+    assert wilson_interval(successes, n) == pytest.approx(_wilson_by_inversion(successes, n), abs=2e-6)
+
+
+def test_wilson_interval_hand_worked_and_bad_counts_refused():
+    low, high = wilson_interval(0, 3)  # z^2 / (n + z^2) = 3.8415 / 6.8415
+    assert low == 0.0 and high == pytest.approx(0.56150, abs=1e-5)
+    with pytest.raises(ValueError, match="4 successes of 3 trials"):
+        wilson_interval(4, 3)
+    with pytest.raises(ValueError, match="0 successes of 0 trials"):
+        wilson_interval(0, 0)
+
+
+def test_bootstrap_interval_is_the_quantiles_of_resampled_statistics():
+    values = np.array([0.0, 1.0, 1.0, 3.0, 5.0, 8.0])
+    rng = np.random.default_rng(0)  # the same draws, one by one
+    draws = [values[rng.integers(0, 6, size=6)].mean() for _ in range(500)]
+    assert mean_interval(values, n_boot=500) == pytest.approx(tuple(np.quantile(draws, [0.025, 0.975])))
+    assert mean_interval(np.full(5, 2.5)) == (2.5, 2.5)
+    with pytest.raises(ValueError, match="n=0"):
+        bootstrap_interval(lambda idx: 0.0, 0)
+
+
+def test_small_sample_warning_below_thirty_only():
+    assert small_sample_warning(30, "test examples") is None
+    assert small_sample_warning(3, "held-out pairs").startswith("warning: these numbers rest on 3 held-out pairs")

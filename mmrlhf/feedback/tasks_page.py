@@ -1,7 +1,9 @@
-"""A self-contained HTML page of comparison tasks: thumbnail, prompt, responses, what to fill in.
+"""Self-contained HTML pages of rows with image thumbnails: comparison tasks and eval review samples.
 
 Images are inlined as ``data:`` URIs, so the one file can be mailed or opened anywhere; every
-text is HTML-escaped (responses are model output and may hold markup).
+text is HTML-escaped (responses are model output and may hold markup). :func:`html_page` and
+:func:`thumbnail_cell` frame any such page; :func:`tasks_html` is the tasks' one, and
+:mod:`mmrlhf.stages.review` the eval samples' one.
 """
 
 from __future__ import annotations
@@ -20,25 +22,35 @@ td,th{border:1px solid #ccc;padding:.4em;vertical-align:top;text-align:left}
 img{width:128px;image-rendering:pixelated}ol{margin:0;padding-left:1.4em}"""
 
 
+def html_page(title: str, intro_html: str, headers: list[str], rows_html: str) -> str:
+    """A whole page: ``title`` as its title and heading, ``intro_html`` (already HTML) above one
+    table with plain-text ``headers`` over ``rows_html`` (``<tr>`` elements)."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{intro_html}"
+            f"<table><tr>{head}</tr>{rows_html}</table></body></html>")
+
+
+def thumbnail_cell(png: bytes, alt: str) -> str:
+    """A ``<td>`` holding the encoded image ``png`` inline, with ``alt`` text (escaped)."""
+    return f"<td><img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'></td>"
+
+
 def tasks_html(kind: str, rows: list[dict[str, Any]], images: dict[str, bytes]) -> str:
     """The page for task rows of ``kind`` (:mod:`mmrlhf.feedback.tasks`), one table row each.
 
     ``images`` maps each row's ``image`` path to its encoded PNG bytes. Raises KeyError naming
     an image path missing from ``images``.
     """
-    body = "".join(_row_html(kind, row, images) for row in rows)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>mmrlhf tasks ({kind})</title>"
-            f"<style>{_STYLE}</style></head><body><h1>{len(rows)} {kind} tasks</h1>"
-            f"<p>In <code>tasks.jsonl</code> (or <code>tasks.parquet</code>): {_WHAT_TO_FILL[kind]}, and "
-            "<code>annotator</code>; then <code>mmrlhf feedback import tasks.jsonl --kind "
-            f"{kind}</code>.</p><table><tr><th>task</th><th>image</th><th>prompt</th><th>responses</th></tr>"
-            f"{body}</table></body></html>")
+    intro = (f"<p>In <code>tasks.jsonl</code> (or <code>tasks.parquet</code>): {_WHAT_TO_FILL[kind]}, and "
+             f"<code>annotator</code>; then <code>mmrlhf feedback import tasks.jsonl --kind {kind}</code>.</p>")
+    return html_page(f"{len(rows)} {kind} tasks", intro, ["task", "image", "prompt", "responses"],
+                     "".join(_row_html(kind, row, images) for row in rows))
 
 
 def _row_html(kind: str, row: dict[str, Any], images: dict[str, bytes]) -> str:
     if row["image"] not in images:
         raise KeyError(f"task {row['task_id']}: image {row['image']!r} not among the images given")
-    data = base64.b64encode(images[row["image"]]).decode()
     if kind == "pairwise":
         texts = [row["response_a"], row["response_b"]]
     elif kind == "ranking":
@@ -46,6 +58,5 @@ def _row_html(kind: str, row: dict[str, Any], images: dict[str, bytes]) -> str:
     else:
         texts = [row["response"]]
     items = "".join(f"<li>{html.escape(text)}</li>" for text in texts)
-    return (f"<tr><td>{html.escape(row['task_id'])}</td><td><img alt='{html.escape(row['prompt_id'])}' "
-            f"src='data:image/png;base64,{data}'></td><td>{html.escape(row['prompt'])}</td>"
-            f"<td><ol type='A'>{items}</ol></td></tr>")
+    return (f"<tr><td>{html.escape(row['task_id'])}</td>{thumbnail_cell(images[row['image']], row['prompt_id'])}"
+            f"<td>{html.escape(row['prompt'])}</td><td><ol type='A'>{items}</ol></td></tr>")

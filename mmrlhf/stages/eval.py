@@ -3,7 +3,9 @@
 The text metrics use every reference of a record (:mod:`mmrlhf.stages.text_metrics`); the
 gold score comes from ``mmrlhf.data.digits``, only for the digits task
 (:attr:`mmrlhf.config.DataConfig.has_gold_score`).
-Greedy decoding. Writes ``metrics.json`` and the samples for human review as Parquet and CSV.
+Greedy decoding. Writes ``metrics.json`` and the samples for human review as Parquet and CSV,
+their images and an HTML page (:mod:`mmrlhf.stages.review`); metrics and samples also go to
+TensorBoard under ``eval/<label>/``.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ from tqdm import tqdm
 from mmrlhf.config import RunConfig
 from mmrlhf.data.digits import gold_score
 from mmrlhf.data.schema import record_references
+from mmrlhf.metrics import log_to_tensorboard
 from mmrlhf.models.policy import encode_prompts, generate, load_policy
 from mmrlhf.reward.scorer import RewardScorer
 from mmrlhf.stages.common import RunPaths, atomic_dir, policy_path, write_json
 from mmrlhf.stages.fit import warn_truncation
 from mmrlhf.stages.lineage import LINEAGE_FILE, check_current, eval_stage, lineage_of
 from mmrlhf.stages.data import decode_images, load_split, prepare_data
+from mmrlhf.stages.review import image_paths, write_review
 from mmrlhf.stages.text_metrics import text_metrics
+from mmrlhf.stats import SMALL_SAMPLE, interval_keys, mean_interval, small_sample_warning
 
 
 @torch.no_grad()
@@ -45,7 +50,9 @@ def run_eval(cfg: RunConfig, policy: str = "sft", force: bool = False) -> dict[s
 
     Writes ``<run_dir>/eval/<label>/{metrics.json,samples.parquet,samples.csv,lineage.json}`` and returns
     the metrics: ``exact_match``, ``bleu``, ``rouge_l`` (percent), ``cider``, ``gold`` (mean gold score,
-    0–1, digits task only), ``reward`` (mean reward-model score, when a reward model was trained).
+    0–1, digits task only), ``reward`` (mean reward-model score, when a reward model was trained),
+    ``n`` (examples); under :data:`mmrlhf.stats.SMALL_SAMPLE` examples each also has its 95%
+    interval as ``<name>_low`` / ``<name>_high``.
 
     Raises:
         FileNotFoundError: the policy to evaluate has not been trained yet.
@@ -82,14 +89,24 @@ def run_eval(cfg: RunConfig, policy: str = "sft", force: bool = False) -> dict[s
         rewards = RewardScorer.from_pretrained(paths.reward_model).score(images, texts)
         metrics["reward"] = float(np.mean(rewards))
         columns["reward"] = rewards.tolist()
+    if len(texts) < SMALL_SAMPLE:
+        for name in ("gold", "reward"):
+            if name in columns:
+                metrics |= interval_keys(name, mean_interval(columns[name]))
     metrics["n"] = len(texts)
 
-    samples = pa.table(columns).slice(0, cfg.eval.n_review)
-    with atomic_dir(paths.eval_dir(_label(policy))) as out:
+    n_review = min(cfg.eval.n_review, len(texts))
+    samples = pa.table(columns).slice(0, n_review).append_column("image", pa.array(image_paths(n_review)))
+    label = _label(policy)
+    with atomic_dir(paths.eval_dir(label)) as out:
         pq.write_table(samples, out / "samples.parquet")
         pacsv.write_csv(_flat_references(samples), out / "samples.csv")
+        write_review(out, samples.to_pylist(), table.column("image").to_pylist()[:n_review],
+                     f"eval of {label} on the {cfg.eval.split} split")
         write_json(out / "metrics.json", metrics)
         write_json(out / LINEAGE_FILE, record)
+    log_to_tensorboard(cfg.run_dir, [metrics], {f"eval/{label}/samples": _samples_markdown(samples)},
+                       prefix=f"eval/{label}/")
     return metrics
 
 
@@ -104,7 +121,26 @@ def _flat_references(samples: pa.Table) -> pa.Table:
     return samples.set_column(samples.schema.get_field_index("references"), "references", pa.array(joined))
 
 
-def print_metrics(metrics: dict[str, float]) -> None:
-    """Print one evaluation's metrics as ``name value`` lines."""
+def _samples_markdown(samples: pa.Table) -> str:
+    """The review samples as a Markdown table for TensorBoard's text tab."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| id | prompt | reference | response |", "|---|---|---|---|"]
+    lines += [f"| {cell(str(r['id']))} | {cell(r['prompt'])} | {cell(' / '.join(r['references'] or []))} | "
+              f"{cell(r['response'])} |" for r in samples.to_pylist()]
+    return "\n".join(lines)
+
+
+def print_metrics(metrics: dict[str, float], split: str) -> None:
+    """Print one evaluation's metrics as ``name value`` lines, each with its 95% interval when
+    it has one, under a warning when they rest on few ``split`` examples."""
+    warning = small_sample_warning(int(metrics["n"]), f"{split} examples")
+    if warning:
+        print(warning)
     for name, value in metrics.items():
-        print(f"{name:>20s} {value:10.3f}")
+        if name.endswith(("_low", "_high")):
+            continue
+        interval = (f"  [{metrics[f'{name}_low']:.3f}, {metrics[f'{name}_high']:.3f}] 95%"
+                    if f"{name}_low" in metrics else "")
+        print(f"{name:>20s} {value:10.3f}{interval}")

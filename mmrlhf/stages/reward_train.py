@@ -25,10 +25,12 @@ from mmrlhf.config import RunConfig
 from mmrlhf.data.schema import PREFERENCE_SCHEMA, read_table
 from mmrlhf.models.presets import resolve_reward
 from mmrlhf.models.reward import RewardModel
+from mmrlhf.metrics import log_to_tensorboard
 from mmrlhf.stages.common import RunPaths, atomic_dir, minibatches, seed_everything, write_json
 from mmrlhf.stages.lineage import (FEEDBACK_SIMULATE, REWARD, check_current, check_no_dependents, lineage_of,
                                    stage_input, write_lineage)
 from mmrlhf.stages.data import decode_images, load_split
+from mmrlhf.stats import SMALL_SAMPLE, interval_keys, small_sample_warning, wilson_interval
 
 
 def initial_reward_model(cfg: RunConfig) -> RewardModel:
@@ -141,7 +143,10 @@ def pairwise_accuracy(model: RewardModel, images: torch.Tensor, rows, chosen, re
 
 
 def run_reward_training(cfg: RunConfig, force: bool = False) -> dict[str, float]:
-    """Train and save the reward model; returns ``{"reward/val_accuracy", "reward/train_accuracy", ...}``.
+    """Train and save the reward model; returns ``{"reward/val_accuracy", "reward/train_accuracy",
+    "reward/train_pairs", "reward/val_pairs"}`` (accuracies 0–1), plus the Wilson interval of the
+    held-out accuracy (``reward/val_accuracy_low`` / ``_high``) when it rests on fewer than
+    :data:`mmrlhf.stats.SMALL_SAMPLE` pairs.
 
     Writes ``reward/lineage.json`` (:mod:`mmrlhf.stages.lineage`); ``force`` skips its checks.
 
@@ -199,9 +204,24 @@ def run_reward_training(cfg: RunConfig, force: bool = False) -> dict[str, float]
         "reward/train_pairs": len(train[0]),
         "reward/val_pairs": len(val[0]),
     }
+    if 0 < len(val[0]) < SMALL_SAMPLE:
+        hits = round(metrics["reward/val_accuracy"] * len(val[0]))
+        metrics |= interval_keys("reward/val_accuracy", wilson_interval(hits, len(val[0])))
     with atomic_dir(paths.reward_model) as out:
         model.save_pretrained(out)
     write_json(paths.reward_model.parent / "metrics.json", metrics)
+    log_to_tensorboard(cfg.run_dir, [metrics])
     write_lineage(cfg, record, REWARD.folder)
-    print(f"reward: held-out pairwise accuracy {metrics['reward/val_accuracy']:.3f} on {len(val[0])} pairs")
+    print(held_out_line(metrics))
     return metrics
+
+
+def held_out_line(metrics: dict[str, float]) -> str:
+    """The line printed after reward training: held-out accuracy, the pairs it rests on and, for
+    fewer than :data:`mmrlhf.stats.SMALL_SAMPLE` pairs, its Wilson interval and a warning."""
+    n = int(metrics["reward/val_pairs"])
+    line = f"reward: held-out pairwise accuracy {metrics['reward/val_accuracy']:.3f} on {n} pairs"
+    warning = small_sample_warning(n, "held-out pairs")
+    if "reward/val_accuracy_low" in metrics:
+        line += f" (95% interval {metrics['reward/val_accuracy_low']:.3f} to {metrics['reward/val_accuracy_high']:.3f})"
+    return line + (f"\n{warning}" if warning else "")

@@ -29,6 +29,7 @@ from mmrlhf.config import RunConfig, SFTConfig
 from mmrlhf.data.schema import record_references
 from mmrlhf.models.policy import (PromptBatch, encode_prompts, encode_responses, image_features, load_policy,
                                   response_logprobs)
+from mmrlhf.metrics import log_to_tensorboard
 from mmrlhf.stages.common import RunPaths, atomic_dir, minibatches, policy_path, seed_everything, write_json
 from mmrlhf.stages.fit import warn_truncation
 from mmrlhf.stages.lineage import SFT, check_no_dependents, lineage_of, write_lineage
@@ -188,5 +189,6 @@ def run_sft(cfg: RunConfig, force: bool = False) -> float:
         model.save_pretrained(out)
         processor.save_pretrained(out)
     write_json(paths.sft_policy.parent / "metrics.json", {"epochs": history})
+    log_to_tensorboard(cfg.run_dir, history, prefix="sft/")  # sft/train_loss, sft/val_loss by epoch
     write_lineage(cfg, record, SFT.folder)
     return history[-1]["train_loss"]

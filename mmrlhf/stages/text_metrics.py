@@ -4,7 +4,9 @@ BLEU is sacrebleu's multi-reference corpus BLEU (Post 2018); ROUGE-L the F-measu
 rouge-score (Lin 2004), the best over the references (``RougeScorer.score_multi``); CIDEr the
 COCO caption evaluation's implementation (``pycocoevalcap``, Vedantam et al. 2015), over
 lower-cased word tokens (the COCO tool's PTB tokenizer needs Java). A response is an exact match
-when it equals any reference (:func:`mmrlhf.data.digits.exact_match`).
+when it equals any reference (:func:`mmrlhf.data.digits.exact_match`). Fewer than
+:data:`mmrlhf.stats.SMALL_SAMPLE` examples also get 95% intervals: Wilson for exact match, the
+percentile bootstrap over examples for the others.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pycocoevalcap.cider.cider import Cider
 from rouge_score import rouge_scorer
 
 from mmrlhf.data.digits import exact_match
+from mmrlhf.stats import SMALL_SAMPLE, bootstrap_interval, interval_keys, mean_interval, wilson_interval
 
 
 def _cider_tokens(text: str) -> str:
@@ -39,11 +42,17 @@ def cider(hypotheses: list[str], references: list[list[str]]) -> tuple[float, li
     return float(score), [float(s) for s in scores]
 
 
+def _bleu(hypotheses: list[str], references: list[list[str]]) -> float:
+    streams = [list(stream) for stream in zip_longest(*references)]  # None where an example has fewer
+    return sacrebleu.corpus_bleu(hypotheses, streams).score
+
+
 def text_metrics(hypotheses: list[str], references: list[list[str]]) -> dict[str, float]:
     """Exact match (and its standard error), BLEU, ROUGE-L in percent (0–100) and CIDEr.
 
     hypotheses: one response per example; references: each example's references (one or more
-    strings; every one is used).
+    strings; every one is used). Under :data:`mmrlhf.stats.SMALL_SAMPLE` examples, adds each
+    metric's 95% interval as ``<name>_low`` / ``<name>_high`` (same units).
 
     Raises:
         ValueError: the lists differ in length or are empty, or an example has no reference
@@ -56,12 +65,20 @@ def text_metrics(hypotheses: list[str], references: list[list[str]]) -> dict[str
         raise ValueError(f"text_metrics: example {empty[0]} has no reference ({len(empty)} such examples)")
     em = np.array([any(exact_match(h, r) for r in refs) for h, refs in zip(hypotheses, references)], np.float64)
     scorer = rouge_scorer.RougeScorer(["rougeL"])
-    rouge = [scorer.score_multi(refs, h)["rougeL"].fmeasure for h, refs in zip(hypotheses, references)]
-    streams = [list(stream) for stream in zip_longest(*references)]  # None where an example has fewer
-    return {
+    rouge = 100 * np.array([scorer.score_multi(refs, h)["rougeL"].fmeasure for h, refs in zip(hypotheses, references)])
+    cider_score, cider_scores = cider(hypotheses, references)
+    metrics = {
         "exact_match": 100 * em.mean(),
         "exact_match_stderr": 100 * math.sqrt(em.mean() * (1 - em.mean()) / len(em)),
-        "bleu": sacrebleu.corpus_bleu(hypotheses, streams).score,
-        "rouge_l": 100 * float(np.mean(rouge)),
-        "cider": cider(hypotheses, references)[0],
+        "bleu": _bleu(hypotheses, references),
+        "rouge_l": float(rouge.mean()),
+        "cider": cider_score,
     }
+    if len(em) < SMALL_SAMPLE:
+        low, high = wilson_interval(int(em.sum()), len(em))
+        metrics |= interval_keys("exact_match", (100 * low, 100 * high))
+        metrics |= interval_keys("bleu", bootstrap_interval(
+            lambda idx: _bleu([hypotheses[i] for i in idx], [references[i] for i in idx]), len(em)))
+        metrics |= interval_keys("rouge_l", mean_interval(rouge))
+        metrics |= interval_keys("cider", mean_interval(cider_scores))  # this corpus's idf, held fixed
+    return metrics

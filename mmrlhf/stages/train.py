@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import contextlib
 
+import ray
+
 from mmrlhf.checkpoint import CheckpointDir, config_changes, read_state
 from mmrlhf.cluster import submitted_job_connection
 from mmrlhf.config import RunConfig, load_config, save_config, to_dict
 from mmrlhf.metrics import StageTimer
 from mmrlhf.stages.common import RunPaths
+from mmrlhf.stages.fit import check_cluster_fits
+from mmrlhf.stats import small_sample_warning
 from mmrlhf.stages.lineage import check_current
 
 TABLE_ROWS = (("exact_match", "exact match (%)"), ("bleu", "BLEU"), ("rouge_l", "ROUGE-L"), ("cider", "CIDEr"),
@@ -20,19 +24,23 @@ TABLE_ROWS = (("exact_match", "exact match (%)"), ("bleu", "BLEU"), ("rouge_l", 
 
 
 def _cell(metrics: dict[str, float], key: str) -> str:
+    if f"{key}_low" in metrics:
+        return f"{metrics[key]:.3f} [{metrics[f'{key}_low']:.3f}, {metrics[f'{key}_high']:.3f}]"
     if key == "exact_match":
         return f"{metrics[key]:.1f} ± {metrics['exact_match_stderr']:.1f}"
     return f"{metrics[key]:.3f}"
 
 
 def format_table(before: dict[str, float], after: dict[str, float], split: str) -> str:
-    """The SFT-vs-RLHF table as Markdown (exact match ± its standard error, in percent)."""
+    """The SFT-vs-RLHF table as Markdown (exact match ± its standard error, in percent); on a
+    small split every cell has its 95% interval in brackets and a warning ends the table."""
     lines = ["| metric | SFT | RLHF | change |", "|---|---|---|---|"]
     for key, label in TABLE_ROWS:
         if key in before and key in after:
             lines.append(f"| {label} | {_cell(before, key)} | {_cell(after, key)} | {after[key] - before[key]:+.3f} |")
     lines.append(f"\n{after.get('n', 0):.0f} held-out images ({split} split).")
-    return "\n".join(lines)
+    warning = small_sample_warning(int(after.get("n", 0)), f"{split} examples")
+    return "\n".join(lines + ([warning] if warning else []))
 
 
 def _rl_finished(cfg: RunConfig, paths: RunPaths, resume: bool) -> bool:
@@ -70,6 +78,8 @@ def run_train(cfg: RunConfig, resume: bool = False) -> tuple[dict[str, float], d
     """Run every stage whose output is missing, then evaluate SFT and RLHF; returns both metrics.
 
     Raises ValueError (:func:`check_same_run`) when the run directory was made with another config,
+    or, in a submitted job whose RL stage is still to run, before any stage when the cluster lacks
+    the resources of the RL stage's actors (:func:`mmrlhf.stages.fit.check_cluster_fits`),
     and :class:`mmrlhf.stages.lineage.StaleOutputError` when a kept stage output no longer matches
     its inputs (e.g. the user's data file changed): the same checks as the stage commands.
 
@@ -98,7 +108,9 @@ def run_train(cfg: RunConfig, resume: bool = False) -> tuple[dict[str, float], d
         ("rl", lambda: _rl_finished(cfg, paths, resume),
          lambda: run_rl(cfg, resume=resume and CheckpointDir(paths.rl_checkpoints).latest() is not None)),
     ]
-    with submitted_job_connection(), contextlib.closing(StageTimer(paths.root)) as timed:
+    with submitted_job_connection() as connected, contextlib.closing(StageTimer(paths.root)) as timed:
+        if connected and not _rl_finished(cfg, paths, resume):  # refuse in seconds, not after SFT and reward
+            check_cluster_fits(cfg, ray.cluster_resources(), ray.available_resources())
         for name, done, run in stages:
             if done():
                 check_current(cfg, name)  # an output kept must still match its inputs and settings

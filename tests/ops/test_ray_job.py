@@ -15,6 +15,7 @@ then checks that none is left.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -80,9 +81,9 @@ def _stop(temp_dir: str) -> list[str]:
     return [f"{p.pid} ({p.name()})" for p in _processes_of(temp_dir)]
 
 
-@pytest.fixture(scope="module")
-def ray_head():
-    """A head on 127.0.0.1 with token auth; yields dict(token, dashboard URL, metrics URL, env)."""
+@contextlib.contextmanager
+def _head(num_cpus: int):
+    """A head on 127.0.0.1 with token auth and `num_cpus` logical CPUs; yields dict(token, dashboard URL, metrics URL, env)."""
     # Unix socket paths are capped at 107 bytes, so the temp dir sits high in /tmp.
     temp_dir = tempfile.mkdtemp(prefix="mmrlhf-head-", dir="/tmp")
     token = secrets.token_hex(32)
@@ -94,7 +95,7 @@ def ray_head():
     command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
                f"--port={_free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
                f"--metrics-export-port={metrics_port}", f"--ray-client-server-port={_free_port()}",
-               f"--dashboard-agent-listen-port={_free_port()}", "--num-cpus=4", f"--temp-dir={temp_dir}",
+               f"--dashboard-agent-listen-port={_free_port()}", f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
                "--disable-usage-stats"]
     try:
         started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -107,8 +108,28 @@ def ray_head():
         assert not survivors, f"ray_head teardown: still alive after kill: {survivors}"
 
 
+@pytest.fixture(scope="module")
+def ray_head():
+    """A 4-CPU head: room for the tiny job's actors."""
+    with _head(num_cpus=4) as head:
+        yield head
+
+
 def _client(head, token: str) -> JobSubmissionClient:
     return JobSubmissionClient(head["dashboard"], headers={"Authorization": f"Bearer {token}"})
+
+
+def _submit_tiny(head, run_dir: Path) -> tuple[JobSubmissionClient, str]:
+    """Submit `mmrlhf train --config jobs/tiny.yaml` as the README shows; returns the client and job id."""
+    runtime_env = yaml.safe_load((ROOT / "jobs" / "runtime_env.yaml").read_text())
+    runtime_env["working_dir"] = str(ROOT)  # the YAML's "." is relative to where `ray job submit` runs
+    client = _client(head, head["token"])
+    return client, client.submit_job(entrypoint=f"mmrlhf train --config jobs/tiny.yaml run_dir={run_dir}",
+                                     runtime_env=runtime_env)
+
+
+def _finished(status: JobStatus) -> bool:
+    return status in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
 
 
 def _scrape(url: str) -> set[str]:
@@ -145,15 +166,11 @@ def test_submission_with_a_wrong_token_is_refused_with_403(ray_head):
 
 @pytest.mark.timeout(900)
 def test_tiny_job_succeeds_writes_run_artifacts_and_exports_mmrlhf_metrics(ray_head, tmp_path):
-    runtime_env = yaml.safe_load((ROOT / "jobs" / "runtime_env.yaml").read_text())
-    runtime_env["working_dir"] = str(ROOT)  # the YAML's "." is relative to where `ray job submit` runs
     run_dir = tmp_path / "run"
-    client = _client(ray_head, ray_head["token"])
-    job = client.submit_job(entrypoint=f"mmrlhf train --config jobs/tiny.yaml run_dir={run_dir}",
-                            runtime_env=runtime_env)
+    client, job = _submit_tiny(ray_head, run_dir)
 
     scraped: set[str] = set()
-    while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+    while not _finished(status := client.get_job_status(job)):
         scraped |= _scrape(ray_head["metrics"])  # gauges are served while the driver lives
         time.sleep(POLL_S)
     scraped |= _scrape(ray_head["metrics"])
@@ -170,3 +187,19 @@ def test_tiny_job_succeeds_writes_run_artifacts_and_exports_mmrlhf_metrics(ray_h
     assert EXPECTED_SERIES <= scraped, f"missing: {sorted(EXPECTED_SERIES - scraped)}"
     for names in _grafana_metrics():
         assert names and names <= scraped, f"Grafana query reads {sorted(names)}, scrape found {sorted(scraped)}"
+
+
+@pytest.mark.timeout(600)
+def test_tiny_job_on_a_head_too_small_is_refused_before_any_stage_naming_the_resources(tmp_path):
+    # tiny.yaml's actors need 1.25 logical CPUs (2 rollout workers, 2 learner ranks, 1 reward replica x 0.25)
+    run_dir = tmp_path / "run"
+    with _head(num_cpus=1) as small_head:
+        client, job = _submit_tiny(small_head, run_dir)
+        while not _finished(status := client.get_job_status(job)):
+            time.sleep(POLL_S)
+        logs = client.get_job_logs(job)
+    assert status == JobStatus.FAILED, logs[-4000:]
+    assert ("mmrlhf train: rl: the configured actors need CPU 1.25 (the cluster has 1): rl.rollout_workers=2 x "
+            "resources.rollout_cpus=0.25; rl.learner_ranks=2 x resources.learner_cpus=0.25; reward.min_replicas=1 x "
+            "resources.reward_cpus=0.25.") in logs, logs[-4000:]
+    assert not (run_dir / "data").exists() and not (run_dir / "sft").exists()  # refused before the first stage

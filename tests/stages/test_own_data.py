@@ -1,5 +1,7 @@
 """A user's own data (captions, not digits): splits, their checks, no gold score, human feedback only."""
 
+import base64
+import html
 import io
 import json
 import re
@@ -135,6 +137,31 @@ def test_eval_scores_against_every_caption_of_an_image(tmp_path):
     assert {len(refs) for refs in samples.column("references").to_pylist()} == {3}
     csv = (RunPaths(cfg.run_dir).eval_dir("init") / "samples.csv").read_text()
     assert "caption 0 of a" in csv and "caption 2 of a" in csv
+
+
+def test_eval_review_samples_carry_their_image_a_page_and_tensorboard_entries(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mmrlhf.metrics import tensorboard_dir
+
+    cfg = load_config(TINY, own_data(tmp_path / "run", write_coco(tmp_path, 8), "coco",
+                                     f"data.image_dir={tmp_path}", "eval.max_new_tokens=2"))
+    metrics = run_eval(cfg, "init")
+    out = RunPaths(cfg.run_dir).eval_dir("init")
+    samples = pq.read_table(out / "samples.parquet").to_pylist()
+    test = load_split(cfg, "test").to_pylist()
+    assert len(samples) == len(test) >= 1
+    page = (out / "review.html").read_text()
+    for sample, record in zip(samples, test):
+        assert (out / sample["image"]).read_bytes() == record["image"]
+        assert base64.b64encode(record["image"]).decode() in page
+        assert html.escape(sample["response"]) in page and html.escape(record["references"][2]) in page
+    assert '"image"' in (out / "samples.csv").read_text().splitlines()[0].split(",")
+    events = EventAccumulator(str(tensorboard_dir(cfg.run_dir)))
+    events.Reload()
+    assert events.Scalars("eval/init/bleu")[0].value == pytest.approx(metrics["bleu"])
+    assert "eval/init/exact_match_low" in events.Tags()["scalars"]
+    assert "eval/init/samples/text_summary" in events.Tags()["tensors"]  # how add_text stores it
 
 
 @pytest.mark.parametrize("source", ["llava", "coco"])

@@ -9,7 +9,10 @@ import torch
 from mmrlhf.controller import rollout_metrics
 from mmrlhf.rollout.prompts import PromptSource
 from mmrlhf.stages.common import atomic_dir
-from mmrlhf.stages.eval import text_metrics
+from mmrlhf.stages.eval import print_metrics, text_metrics
+from mmrlhf.stages.reward_train import held_out_line
+from mmrlhf.stages.train import format_table
+from mmrlhf.stats import SMALL_SAMPLE, interval_keys, wilson_interval
 from mmrlhf.types import Rollout
 
 
@@ -147,3 +150,36 @@ def test_policy_path_names_a_missing_local_folder_but_passes_hub_ids(tmp_path):
             policy_path(cfg, missing)
     assert policy_path(cfg, "llava-hf/llava-1.5-7b-hf") == Path("llava-hf/llava-1.5-7b-hf")
     assert policy_path(cfg, str(tmp_path)) == tmp_path
+
+
+def test_text_metrics_on_few_examples_carry_their_95_percent_intervals():
+    hyps = ["a red square on a black field", "a blue circle on a black field", "a green disc on a grey field",
+            "one white box under a dark sky"]
+    refs = [["a red square on a black field"], ["a blue circle on a black field"], ["a green circle on a black field"],
+            ["a white square on a black field"]]
+    m = text_metrics(hyps, refs)
+    low, high = wilson_interval(2, 4)
+    assert (m["exact_match_low"], m["exact_match_high"]) == pytest.approx((100 * low, 100 * high))
+    for name in ("exact_match", "bleu", "rouge_l", "cider"):
+        assert m[f"{name}_low"] <= m[name] <= m[f"{name}_high"] and m[f"{name}_low"] < m[f"{name}_high"], name
+    many = [f"word{i} word{i + 1} word{i + 2}" for i in range(SMALL_SAMPLE)]
+    assert not any(key.endswith("_low") for key in text_metrics(many, [[h] for h in many]))
+
+
+def test_eval_lines_and_the_table_warn_on_a_one_image_test_split(capsys):
+    metrics = text_metrics(["four one"], [["four one seven"]]) | {"n": 1.0}
+    print_metrics(metrics, "test")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("warning: these numbers rest on 1 test examples (fewer than 30)")
+    assert any(line.split()[0] == "exact_match" and "[0.000, 79.345] 95%" in line for line in out)
+    table = format_table(metrics, metrics, "test")
+    assert "| exact match (%) | 0.000 [0.000, 79.345] |" in table and table.endswith("a difference inside them may be noise")
+
+
+def test_reward_line_names_its_pairs_and_interval_under_thirty():
+    few = {"reward/val_accuracy": 1.0, "reward/val_pairs": 3} | interval_keys("reward/val_accuracy", wilson_interval(3, 3))
+    line = held_out_line(few)
+    assert line.startswith("reward: held-out pairwise accuracy 1.000 on 3 pairs (95% interval 0.439 to 1.000)")
+    assert line.splitlines()[1].startswith("warning: these numbers rest on 3 held-out pairs")
+    assert held_out_line({"reward/val_accuracy": 0.9, "reward/val_pairs": 40}) == \
+        "reward: held-out pairwise accuracy 0.900 on 40 pairs"

@@ -54,6 +54,15 @@ def _feedback_label(cfg: RunConfig, args: argparse.Namespace) -> None:
     serve_tasks(args.tasks or default_tasks_dir(cfg), **_page_options(cfg, args))
 
 
+def _feedback_export_label_studio(cfg: RunConfig, args: argparse.Namespace) -> None:
+    from mmrlhf.feedback.label_studio import export_label_studio
+    from mmrlhf.stages.feedback_sample import default_tasks_dir
+
+    folder = export_label_studio(args.tasks or default_tasks_dir(cfg))
+    print(f"feedback export-label-studio: {folder} (import tasks.json into a project whose labeling "
+          "interface is config.xml)")
+
+
 def _page_options(cfg: RunConfig, args: argparse.Namespace) -> dict:
     return {"host": args.host, "port": args.port, "token": args.token, "seed": cfg.seed,
             "repeat_fraction": args.repeat_fraction, "replicas": args.replicas}
@@ -155,11 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_page_args(p)
     _add_config_args(p)
     p.set_defaults(fn=_feedback_label)
+    p = fsub.add_parser("export-label-studio", help="write a pairwise or ranking tasks folder as Label Studio "
+                        "tasks and labeling config (<tasks>/label_studio/); import its JSON export with "
+                        "`feedback import FILE --kind label-studio`")
+    p.add_argument("--tasks", help="the tasks folder (default <run_dir>/feedback/tasks)")
+    _add_config_args(p)
+    p.set_defaults(fn=_feedback_export_label_studio)
     p = _stage_parser(fsub, "import", "feedback import", _feedback_import)
     p.add_argument("file", help="the feedback file; its rows' fields depend on --kind (see the README); "
                    "for --kind page, the tasks folder whose labeling-page answers to import")
     # no argparse choices: the kinds live with the importer, whose imports would slow `--help`
-    p.add_argument("--kind", required=True, help="pairwise, ranking, rating, or page (the labeling page's answers)")
+    p.add_argument("--kind", required=True, help="pairwise, ranking, rating, page (the labeling page's answers), "
+                   "or a published shape: rlhf-v (RLHF-V / RLAIF-V), llava-rlhf, vlfeedback, povid, trl, label-studio "
+                   "(a Label Studio JSON export of `feedback export-label-studio` tasks)")
     p.add_argument("--append", action="store_true", help="add to the run's existing preference pairs")
 
     reward = sub.add_parser("reward", help="reward model")

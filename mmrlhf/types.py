@@ -159,3 +159,9 @@ class PreferencePair:
     rejected: str                     # the other response text
     annotator: str                    # who chose, e.g. "simulated-gold", a person's id or "anonymous"
     source: str                       # "simulated", "import:<kind>" or "labeling-page"
+    # provenance of imported pairs; None where the source does not say
+    origin: Optional[str] = None          # the file and line/row/entry the judgement came from
+    chosen_model: Optional[str] = None    # the model that wrote `chosen`
+    rejected_model: Optional[str] = None  # the model that wrote `rejected`
+    aspect_scores: Optional[str] = None   # JSON {aspect: [chosen's score, rejected's score]}
+    rationale: Optional[str] = None       # the annotator's reason, as written

@@ -81,7 +81,14 @@ def _add_page_args(p: argparse.ArgumentParser) -> None:
 def _reward(cfg: RunConfig, args: argparse.Namespace) -> None:
     from mmrlhf.stages.reward_train import run_reward_training
 
-    run_reward_training(cfg, force=args.force)
+    metrics = run_reward_training(cfg, force=args.force, append=args.append)
+    if args.swap:
+        from mmrlhf.cluster import init_ray
+        from mmrlhf.stages.rl import swap_reward_weights
+
+        init_ray()  # joins the RL stage's cluster at RAY_ADDRESS
+        swap_reward_weights(cfg, int(metrics["reward/version"]))
+        print(f"reward: version {metrics['reward/version']} swapped into the running reward deployment")
 
 
 def _rl(cfg: RunConfig, args: argparse.Namespace) -> None:
@@ -181,7 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     reward = sub.add_parser("reward", help="reward model")
     rsub = reward.add_subparsers(dest="action", required=True)
-    _stage_parser(rsub, "train", "reward train", _reward)
+    p = _stage_parser(rsub, "train", "reward train", _reward)
+    p.add_argument("--append", action="store_true", help="continue from the current reward model on the pairs "
+                   "now in feedback/pairs.parquet (new ones appended), as version + 1; allowed while RL runs")
+    p.add_argument("--swap", action="store_true", help="then swap the new weights into the running RL stage's "
+                   "reward deployment in place (joins the cluster at RAY_ADDRESS)")
 
     p = _stage_parser(sub, "eval", "eval", _eval)
     p.add_argument("--policy", help="'sft', 'rl', 'init' or a policy path (default sft; rl with --human)")

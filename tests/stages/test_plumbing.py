@@ -83,6 +83,8 @@ def test_rollout_concat_fills_a_missing_source_with_nan_and_version_with_minus_o
 def test_rollout_metrics_count_groups_whose_samples_all_score_alike():
     r = _rollout(["a", "a", "b", "b"], 1, 1, [1.0, 1.0, 0.0, 2.0], version=3)
     m = rollout_metrics(r, policy_version=4)
+    assert "rollout/reward_version" not in m  # a rollout that records none
+    assert rollout_metrics(_rollout(["a"], 1, 1, [1.0], reward_version=torch.tensor([3])), 0)["rollout/reward_version"] == 3
     assert m["rollout/all_alike"] == 0.5
     assert m["rollout/reward"] == 1.0
     assert m["rollout/policy_lag"] == 1.0

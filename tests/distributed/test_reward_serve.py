@@ -229,13 +229,13 @@ def test_rule_functions_by_import_path_are_served_beside_the_model_one_call_per_
     first = handle.score.remote([white, black], ["ab", ""], ["ab", None], ["what is it", "q"])
     second = handle.score.remote([black], ["abc"], ["xyz"], ["one two"])
     first, second = first.result(), second.result()
-    assert list(first) == ["model", "reference_match", "prompt_words", "total"]
+    assert list(first) == ["model", "reference_match", "prompt_words", "total", "reward_version"]
     assert max(batch_sizes(tmp_path)) == 3  # both calls in one batch
     np.testing.assert_allclose(first["model"], [3.0, 0.0])              # 255/255 + len("ab"); 0 + 0
     np.testing.assert_array_equal(first["reference_match"], [1.0, np.nan])  # no reference: unscored
     np.testing.assert_array_equal(first["prompt_words"], [3.0, 1.0])         # weight 0: computed only
     np.testing.assert_allclose(first["total"], [3.0 + 2 * 1.0, np.nan])      # never 0 for the unscored
-    np.testing.assert_allclose([second[k][0] for k in first], [3.0, 0.0, 2.0, 3.0])
+    np.testing.assert_allclose([second[k][0] for k in first], [3.0, 0.0, 2.0, 3.0, 1])
     handle.check_health.remote().result()
 
 
@@ -246,7 +246,8 @@ def test_rule_function_alone_is_served_without_weights_and_its_failure_reaches_t
                                             ray_actor_options={"num_cpus": 0.5}), name="reward-rules")
     image = np.zeros((2, 2), dtype=np.uint8)
     scores = handle.score.remote([image, image], ["abc", "a"], [None, None], ["q", "q"]).result()
-    assert {k: v.tolist() for k, v in scores.items()} == {"strict_length": [3.0, 1.0], "total": [3.0, 1.0]}
+    assert {k: v.tolist() for k, v in scores.items()} == {"strict_length": [3.0, 1.0], "total": [3.0, 1.0],
+                                                          "reward_version": [0, 0]}
     handle.check_health.remote().result()  # no learned model to check, and no weights to load
     assert handle.weights_version.remote().result() == 0
     with pytest.raises(ValueError) as info:  # what a rollout worker's call raises: not retried, unwrapped

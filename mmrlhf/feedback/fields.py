@@ -7,12 +7,13 @@ so a malformed row fails an import with a message the user can act on.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from mmrlhf.data.formats import require_field
 
 ANONYMOUS = "anonymous"  # the annotator of a row that names none
+Rows = Iterable[tuple[str, Any]]  # (where, row): `where` names the file and line/row in errors
 
 
 def text_field(where: str, row: Any, field: str) -> str:

@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 from mmrlhf.data.formats import JSON_LIST_SUFFIX, ROW_FILE_SUFFIXES, read_rows, require_field
-from mmrlhf.feedback.fields import annotator_of, check_prompt_id, check_text, finite_number, text_field
+from mmrlhf.feedback.fields import Rows, annotator_of, check_prompt_id, check_text, finite_number, text_field
 from mmrlhf.feedback.label_studio import label_studio_pairs
 from mmrlhf.feedback.published import READERS, Reader
 from mmrlhf.types import PreferencePair
 
-Rows = Iterable[tuple[str, Any]]  # (where, row): `where` names the file and line/row in errors
 # Read as text from CSV, never inferred: a prompt id "007" stays "007", and a rating column
 # with one typo in it is reported at that row, not at the first row (as a column of strings)
 _TEXT_COLUMNS = ("prompt_id", "chosen", "rejected", "response", "rating", "annotator")

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from mmrlhf.data.formats import require_field
-from mmrlhf.feedback.fields import check_prompt_id, check_text
-from mmrlhf.feedback.published import Rows, provenance_pair
+from mmrlhf.feedback.fields import Rows, check_prompt_id, check_text
+from mmrlhf.feedback.published import provenance_pair
 from mmrlhf.feedback.tasks import HIDDEN_FIELDS, load_tasks
 from mmrlhf.types import PreferencePair
 

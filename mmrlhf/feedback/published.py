@@ -35,10 +35,9 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from mmrlhf.data.formats import require_field
-from mmrlhf.feedback.fields import annotator_of, check_prompt_id, check_text, finite_number, text_field
+from mmrlhf.feedback.fields import Rows, annotator_of, check_prompt_id, check_text, finite_number, text_field
 from mmrlhf.types import PreferencePair
 
-Rows = Any  # Iterable[tuple[str, Any]], as in mmrlhf.feedback.importer
 Reader = Callable[[Rows, Collection[str] | None, Counter], list[PreferencePair]]
 VLFEEDBACK_TIES = "vlfeedback: tied completions"  # the key under which dropped ties are counted
 

@@ -54,6 +54,15 @@ def _feedback_label(cfg: RunConfig, args: argparse.Namespace) -> None:
     serve_tasks(args.tasks or default_tasks_dir(cfg), **_page_options(cfg, args))
 
 
+def _feedback_export_label_studio(cfg: RunConfig, args: argparse.Namespace) -> None:
+    from mmrlhf.feedback.label_studio import export_label_studio
+    from mmrlhf.stages.feedback_sample import default_tasks_dir
+
+    folder = export_label_studio(args.tasks or default_tasks_dir(cfg))
+    print(f"feedback export-label-studio: {folder} (import tasks.json into a project whose labeling "
+          "interface is config.xml)")
+
+
 def _page_options(cfg: RunConfig, args: argparse.Namespace) -> dict:
     return {"host": args.host, "port": args.port, "token": args.token, "seed": cfg.seed,
             "repeat_fraction": args.repeat_fraction, "replicas": args.replicas}
@@ -72,7 +81,14 @@ def _add_page_args(p: argparse.ArgumentParser) -> None:
 def _reward(cfg: RunConfig, args: argparse.Namespace) -> None:
     from mmrlhf.stages.reward_train import run_reward_training
 
-    run_reward_training(cfg, force=args.force)
+    metrics = run_reward_training(cfg, force=args.force, append=args.append)
+    if args.swap:
+        from mmrlhf.cluster import init_ray
+        from mmrlhf.stages.rl import swap_reward_weights
+
+        init_ray()  # joins the RL stage's cluster at RAY_ADDRESS
+        swap_reward_weights(cfg, int(metrics["reward/version"]))
+        print(f"reward: version {metrics['reward/version']} swapped into the running reward deployment")
 
 
 def _rl(cfg: RunConfig, args: argparse.Namespace) -> None:
@@ -155,16 +171,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_page_args(p)
     _add_config_args(p)
     p.set_defaults(fn=_feedback_label)
+    p = fsub.add_parser("export-label-studio", help="write a pairwise or ranking tasks folder as Label Studio "
+                        "tasks and labeling config (<tasks>/label_studio/); import its JSON export with "
+                        "`feedback import FILE --kind label-studio`")
+    p.add_argument("--tasks", help="the tasks folder (default <run_dir>/feedback/tasks)")
+    _add_config_args(p)
+    p.set_defaults(fn=_feedback_export_label_studio)
     p = _stage_parser(fsub, "import", "feedback import", _feedback_import)
     p.add_argument("file", help="the feedback file; its rows' fields depend on --kind (see the README); "
                    "for --kind page, the tasks folder whose labeling-page answers to import")
     # no argparse choices: the kinds live with the importer, whose imports would slow `--help`
-    p.add_argument("--kind", required=True, help="pairwise, ranking, rating, or page (the labeling page's answers)")
+    p.add_argument("--kind", required=True, help="pairwise, ranking, rating, page (the labeling page's answers), "
+                   "or a published shape: rlhf-v (RLHF-V / RLAIF-V), llava-rlhf, vlfeedback, povid, trl, label-studio "
+                   "(a Label Studio JSON export of `feedback export-label-studio` tasks)")
     p.add_argument("--append", action="store_true", help="add to the run's existing preference pairs")
 
     reward = sub.add_parser("reward", help="reward model")
     rsub = reward.add_subparsers(dest="action", required=True)
-    _stage_parser(rsub, "train", "reward train", _reward)
+    p = _stage_parser(rsub, "train", "reward train", _reward)
+    p.add_argument("--append", action="store_true", help="continue from the current reward model on the pairs "
+                   "now in feedback/pairs.parquet (new ones appended), as version + 1; allowed while RL runs")
+    p.add_argument("--swap", action="store_true", help="then swap the new weights into the running RL stage's "
+                   "reward deployment in place (joins the cluster at RAY_ADDRESS)")
 
     p = _stage_parser(sub, "eval", "eval", _eval)
     p.add_argument("--policy", help="'sft', 'rl', 'init' or a policy path (default sft; rl with --human)")

@@ -27,6 +27,7 @@ RAY_PREDEFINED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
 ADVANTAGE_ESTIMATORS = ("gae", "grpo", "dr_grpo", "rloo", "reinforce_pp")
 MODEL_SOURCE = "model"  # the run's learned reward model, <run_dir>/reward/model
 TOTAL = "total"  # the key of the weighted sum among the per-source scores
+REWARD_VERSION = "reward_version"  # the key of the scoring weights' version per item in a Serve reply
 FUNCTION_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")  # package.module:function
 
 
@@ -196,8 +197,8 @@ def check_reward_sources(sources: list[RewardSourceConfig], key: str = "reward.s
         _check(source.name == MODEL_SOURCE or bool(FUNCTION_PATH.fullmatch(source.name)), f"{key}[{i}].name",
                f"{MODEL_SOURCE!r} or a function by import path 'package.module:function'", source.name)
         _check(math.isfinite(source.weight), f"{key}[{i}].weight", "a finite number", source.weight)
-        _check(source.label != TOTAL, f"{key}[{i}].name", f"a function not named {TOTAL!r} (the weighted sum's key)",
-               source.name)
+        _check(source.label not in (TOTAL, REWARD_VERSION), f"{key}[{i}].name",
+               f"a function not named {TOTAL!r} or {REWARD_VERSION!r} (keys of the reward reply)", source.name)
         j = seen.setdefault(source.label, i)
         _check(j == i, f"{key}[{i}].name", f"a source whose label {source.label!r} differs from that of "
                f"{key}[{j}] ({sources[j].name!r})", source.name)

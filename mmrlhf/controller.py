@@ -33,7 +33,9 @@ def rollout_metrics(rollout: Rollout, policy_version: int) -> dict[str, float]:
     ``rollout/unscored/<source>``: each reward source's mean over the rows it scored and the
     count of rows it left unscored. ``rollout/all_alike``: share of prompts whose scored samples
     all got the same score (no learning signal among them). ``rollout/policy_lag``: versions
-    between the newest policy and the oldest one that generated a row. ``time/generate`` and
+    between the newest policy and the oldest one that generated a row. ``rollout/reward_version``:
+    the newest reward-model version that scored a row (a refresh shows as a step up; present when
+    the rollout records versions). ``time/generate`` and
     ``time/score``: the rollout's ``timings`` (seconds), passed on.
     """
     scores = rollout.scores
@@ -47,6 +49,8 @@ def rollout_metrics(rollout: Rollout, policy_version: int) -> dict[str, float]:
     for label, values in rollout.source_scores.items():
         per_source[f"rollout/reward/{label}"] = _scored_mean(values)
         per_source[f"rollout/unscored/{label}"] = float((~torch.isfinite(values)).sum())
+    if rollout.reward_version is not None:
+        per_source["rollout/reward_version"] = float(rollout.reward_version.max())
     return per_source | rollout.timings | {
         "rollout/reward": _scored_mean(scores),
         "rollout/all_alike": sum(alike) / max(len(alike), 1),

@@ -41,6 +41,8 @@ class Rollout:
     generated each row; ``scores`` is filled by the reward sources (``None`` until then): the
     weighted sum of ``source_scores`` (:mod:`mmrlhf.reward.sources`). ``timings`` holds the
     seconds of each phase of the call that made the rollout (``time/generate``, ``time/score``).
+    ``reward_version`` is the version of the reward deployment's weights (its user_config) that
+    scored each row, so a reward-model swap during RL is visible row by row.
     """
 
     prompt_ids: list[str]             # (B,) record id of the prompt
@@ -57,6 +59,7 @@ class Rollout:
     scores: Optional[Tensor] = None   # (B,) total reward of the sources; NaN marks an unscored row
     source_scores: dict[str, Tensor] = field(default_factory=dict)  # {source label: (B,)} NaN: unscored
     timings: dict[str, float] = field(default_factory=dict)         # {"time/<phase>": seconds}
+    reward_version: Optional[Tensor] = None  # (B,) int64 reward weights version that scored the row; -1 unscored
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
@@ -77,7 +80,8 @@ class Rollout:
     def concat(parts: list["Rollout"], pad_token_id: int, parallel: bool = False) -> "Rollout":
         """Join rollouts; prompts re-left-padded, responses re-right-padded.
 
-        A source missing from a part (its scoring failed) is NaN on that part's rows. Each
+        A source missing from a part (its scoring failed) is NaN on that part's rows, a missing
+        ``reward_version`` -1. Each
         phase's seconds are the max over the parts when they ran side by side (``parallel``,
         e.g. one per rollout worker: the phase's wall time), else their sum.
 
@@ -105,6 +109,8 @@ class Rollout:
             source_scores={label: torch.cat([p.source_scores.get(label, torch.full((len(p),), float("nan")))
                                              for p in parts]) for label in labels},
             timings={phase: (max if parallel else sum)(p.timings.get(phase, 0.0) for p in parts) for phase in phases},
+            reward_version=torch.cat([p.reward_version if p.reward_version is not None
+                                      else torch.full((len(p),), -1, dtype=torch.int64) for p in parts]),
         )
 
 
@@ -159,3 +165,9 @@ class PreferencePair:
     rejected: str                     # the other response text
     annotator: str                    # who chose, e.g. "simulated-gold", a person's id or "anonymous"
     source: str                       # "simulated", "import:<kind>" or "labeling-page"
+    # provenance of imported pairs; None where the source does not say
+    origin: Optional[str] = None          # the file and line/row/entry the judgement came from
+    chosen_model: Optional[str] = None    # the model that wrote `chosen`
+    rejected_model: Optional[str] = None  # the model that wrote `rejected`
+    aspect_scores: Optional[str] = None   # JSON {aspect: [chosen's score, rejected's score]}
+    rationale: Optional[str] = None       # the annotator's reason, as written

@@ -34,7 +34,8 @@ from mmrlhf.data.media import (
 from mmrlhf.data.schema import RECORD_SCHEMA, to_table
 
 IMAGE_PLACEHOLDER = "<image>"  # LLaVA's marker for where the image goes in the human turn
-ROW_FILE_SUFFIXES = (".jsonl", ".csv", ".parquet")  # what `read_rows` reads
+ROW_FILE_SUFFIXES = (".jsonl", ".csv", ".parquet")  # what `read_rows` reads by default
+JSON_LIST_SUFFIX = ".json"  # a JSON list of objects, as published data sets ship; `read_rows` on request
 
 
 @dataclass
@@ -176,7 +177,7 @@ def read_rows(
     """The rows of a user's table file as ``(where, row dict)``, the reader chosen by suffix.
 
     `.jsonl`: one JSON object a line, `where` = "<path> line <n>" (from 1; blank lines
-    skipped). `.csv` (pyarrow.csv, header line first) and `.parquet` (pyarrow): `where` =
+    skipped). `.json` (when in `suffixes`): a JSON list, `where` = "<path> entry <i>" (from 0). `.csv` (pyarrow.csv, header line first) and `.parquet` (pyarrow): `where` =
     "<path> row <i>" (from 0, header not counted). In CSV the `text_columns` are read as text
     rather than inferred (an id "007" stays "007") and an empty cell is None.
     `what` names the file in errors ("manifest", "feedback file").
@@ -192,6 +193,11 @@ def read_rows(
         raise FileNotFoundError(f"{path}: no such {what}")
     if path.suffix == ".jsonl":
         return jsonl_rows(path)
+    if path.suffix == JSON_LIST_SUFFIX:
+        entries = _load_json(path)
+        if not isinstance(entries, list):
+            raise ValueError(f"{path}: a .json {what} must hold a JSON list of entries, got {type(entries).__name__}")
+        return ((f"{path} entry {i}", entry) for i, entry in enumerate(entries))
     try:
         if path.suffix == ".csv":
             options = pa_csv.ConvertOptions(column_types={name: pa.string() for name in text_columns},

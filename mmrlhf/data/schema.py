@@ -37,6 +37,12 @@ PREFERENCE_SCHEMA = pa.schema(
         pa.field("rejected", pa.string(), nullable=False),
         pa.field("annotator", pa.string(), nullable=False),
         pa.field("source", pa.string(), nullable=False),  # "simulated", "import:<kind>", "web"
+        # provenance (PreferencePair); null where the source does not say or in older files
+        pa.field("origin", pa.string()),
+        pa.field("chosen_model", pa.string()),
+        pa.field("rejected_model", pa.string()),
+        pa.field("aspect_scores", pa.string()),
+        pa.field("rationale", pa.string()),
     ]
 )
 

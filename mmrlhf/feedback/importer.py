@@ -11,8 +11,12 @@ One row per judgement, in JSONL, CSV or Parquet (:func:`mmrlhf.data.formats.read
   a pair; equal ratings give none (no preference), and ratings are never compared across
   annotators, whose scales differ.
 
-Pairs get ``source="import:<kind>"`` and, where a row names no annotator, the annotator
-``"anonymous"``. A malformed row fails the whole import with a ValueError naming the file, the
+Published data sets (RLHF-V / RLAIF-V, LLaVA-RLHF, VLFeedback, POVID, TRL's convention) and
+Label Studio exports are read by :mod:`mmrlhf.feedback.published` and
+:mod:`mmrlhf.feedback.label_studio` (the :data:`PUBLISHED` kinds).
+
+Pairs get ``source="import:<kind>"``, ``origin`` (the file and line/row they came from) and,
+where a row names no annotator, the annotator ``"anonymous"``. A malformed row fails the whole import with a ValueError naming the file, the
 line or row, the field and what was expected: the pairs train the reward model, and a row
 dropped in silence would bias it.
 """
@@ -20,16 +24,17 @@ dropped in silence would bias it.
 from __future__ import annotations
 
 import itertools
-import math
-from collections.abc import Callable, Collection, Iterable
+from collections import Counter
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from mmrlhf.data.formats import read_rows, require_field
+from mmrlhf.data.formats import JSON_LIST_SUFFIX, ROW_FILE_SUFFIXES, read_rows, require_field
+from mmrlhf.feedback.fields import Rows, annotator_of, check_prompt_id, check_text, finite_number, text_field
+from mmrlhf.feedback.label_studio import label_studio_pairs
+from mmrlhf.feedback.published import READERS, Reader
 from mmrlhf.types import PreferencePair
 
-Rows = Iterable[tuple[str, Any]]  # (where, row): `where` names the file and line/row in errors
-ANONYMOUS = "anonymous"  # the annotator of a row that names none
 # Read as text from CSV, never inferred: a prompt id "007" stays "007", and a rating column
 # with one typo in it is reported at that row, not at the first row (as a column of strings)
 _TEXT_COLUMNS = ("prompt_id", "chosen", "rejected", "response", "rating", "annotator")
@@ -45,11 +50,11 @@ def pairwise_pairs(rows: Rows, prompt_ids: Collection[str] | None = None) -> lis
     pairs = []
     for where, row in rows:
         prompt_id, annotator = _prompt_and_annotator(where, row, prompt_ids)
-        chosen, rejected = _text(where, row, "chosen"), _text(where, row, "rejected")
+        chosen, rejected = text_field(where, row, "chosen"), text_field(where, row, "rejected")
         if chosen == rejected:
             raise ValueError(f"{where}: 'chosen' and 'rejected' are the same text ({chosen!r}); "
                              "a preference pair needs two different responses")
-        pairs.append(PreferencePair(prompt_id, chosen, rejected, annotator, "import:pairwise"))
+        pairs.append(PreferencePair(prompt_id, chosen, rejected, annotator, "import:pairwise", origin=where))
     return pairs
 
 
@@ -69,13 +74,13 @@ def ranking_pairs(rows: Rows, prompt_ids: Collection[str] | None = None) -> list
             got = f"{len(ranked)} response(s)" if isinstance(ranked, list) else type(ranked).__name__
             raise ValueError(f"{where}: field 'responses' must be a list of at least 2 responses, "
                              f"best first; got {got}")
-        texts = [_check_text(where, f"responses[{i}]", text) for i, text in enumerate(ranked)]
+        texts = [check_text(where, f"responses[{i}]", text) for i, text in enumerate(ranked)]
         if len(set(texts)) < len(texts):
             repeated = next(text for i, text in enumerate(texts) if text in texts[:i])
             raise ValueError(f"{where}: field 'responses' holds {repeated!r} twice; a ranking "
                              "orders distinct responses")
         # ALGO: each response is preferred to every response ranked below it
-        pairs += [PreferencePair(prompt_id, better, worse, annotator, "import:ranking")
+        pairs += [PreferencePair(prompt_id, better, worse, annotator, "import:ranking", origin=where)
                   for better, worse in itertools.combinations(texts, 2)]
     return pairs
 
@@ -94,9 +99,9 @@ def rating_pairs(rows: Rows, prompt_ids: Collection[str] | None = None) -> list[
     rated: dict[tuple[str, str], dict[str, tuple[float, str]]] = {}
     for where, row in rows:
         prompt_id, annotator = _prompt_and_annotator(where, row, prompt_ids)
-        response = _text(where, row, "response")
+        response = text_field(where, row, "response")
         value = require_field(where, row, "rating")
-        rating = _finite_number(value)
+        rating = finite_number(value)
         if rating is None:
             raise ValueError(f"{where}: field 'rating' must be a finite number, got {value!r}")
         group = rated.setdefault((prompt_id, annotator), {})
@@ -106,33 +111,44 @@ def rating_pairs(rows: Rows, prompt_ids: Collection[str] | None = None) -> list[
         group[response] = (rating, where)
     pairs = []
     for (prompt_id, annotator), group in rated.items():
-        for (a, (rating_a, _)), (b, (rating_b, _)) in itertools.combinations(group.items(), 2):
+        for (a, (rating_a, where_a)), (b, (rating_b, where_b)) in itertools.combinations(group.items(), 2):
             if rating_a != rating_b:
-                chosen, rejected = (a, b) if rating_a > rating_b else (b, a)
-                pairs.append(PreferencePair(prompt_id, chosen, rejected, annotator, "import:rating"))
+                (chosen, at_chosen), (rejected, at_rejected) = (
+                    ((a, where_a), (b, where_b)) if rating_a > rating_b else ((b, where_b), (a, where_a)))
+                pairs.append(PreferencePair(prompt_id, chosen, rejected, annotator, "import:rating",
+                                            origin=f"{at_chosen}; {at_rejected}"))
     return pairs
 
 
 CONVERTERS: dict[str, Callable[[Rows, Collection[str] | None], list[PreferencePair]]] = {
     "pairwise": pairwise_pairs, "ranking": ranking_pairs, "rating": rating_pairs}
 PAGE_KIND = "page"  # the labeling page's answers: a tasks folder, read by mmrlhf.feedback.answers
-KINDS = (*CONVERTERS, PAGE_KIND)
+# published data sets and Label Studio exports: (rows, prompt_ids, dropped counts) -> pairs
+PUBLISHED: dict[str, Reader] = {**READERS, "label-studio": label_studio_pairs}
+KINDS = (*CONVERTERS, PAGE_KIND, *PUBLISHED)
 
 
-def read_feedback_file(path: str | Path, kind: str, prompt_ids: Collection[str] | None = None) -> list[PreferencePair]:
+def read_feedback_file(path: str | Path, kind: str, prompt_ids: Collection[str] | None = None,
+                       dropped: Counter | None = None) -> list[PreferencePair]:
     """Read a human feedback file (``.jsonl``, ``.csv`` or ``.parquet``) of ``kind`` as pairs.
 
     ``kind``: one of :data:`KINDS` (the module docstring gives each one's fields); ``page``
     reads the answers the labeling page stored in the tasks folder ``path``
-    (:func:`mmrlhf.feedback.answers.read_answer_pairs`). ``prompt_ids`` as in :func:`pairwise_pairs`.
+    (:func:`mmrlhf.feedback.answers.read_answer_pairs`); the :data:`PUBLISHED` kinds read a data
+    set's published shape (:mod:`mmrlhf.feedback.published`, :mod:`mmrlhf.feedback.label_studio`),
+    also from a ``.json`` list, and count what they drop by design (ties, cancelled annotations)
+    in ``dropped``. ``prompt_ids`` as in :func:`pairwise_pairs`.
     Raises FileNotFoundError when ``path`` does not exist; ValueError for an unknown kind or
-    suffix, a malformed row (naming the file, line/row and field), or a file that yields no
-    preference pair.
+    suffix, a malformed row (naming the file, line/row/entry and field), or a file that yields
+    no preference pair.
     """
     if kind == PAGE_KIND:
         from mmrlhf.feedback.answers import read_answer_pairs  # imports this module
 
         pairs = read_answer_pairs(path, prompt_ids)
+    elif kind in PUBLISHED:
+        rows = read_rows(path, f"{kind} file", suffixes=(*ROW_FILE_SUFFIXES, JSON_LIST_SUFFIX))
+        pairs = PUBLISHED[kind](rows, prompt_ids, Counter() if dropped is None else dropped)
     elif kind not in CONVERTERS:
         raise ValueError(f"unknown feedback kind {kind!r}; expected one of {', '.join(KINDS)}")
     else:
@@ -145,34 +161,5 @@ def read_feedback_file(path: str | Path, kind: str, prompt_ids: Collection[str] 
 
 def _prompt_and_annotator(where: str, row: Any, prompt_ids: Collection[str] | None) -> tuple[str, str]:
     """The row's prompt id (checked against ``prompt_ids``) and annotator (ANONYMOUS if none)."""
-    prompt_id = _text(where, row, "prompt_id")
-    if prompt_ids is not None and prompt_id not in prompt_ids:
-        raise ValueError(f"{where}: prompt_id {prompt_id!r} is not in the run's feedback split "
-                         "(the reward model needs the prompt's image)")
-    annotator = row.get("annotator")
-    if annotator is None or (isinstance(annotator, str) and not annotator.strip()):
-        return prompt_id, ANONYMOUS
-    return prompt_id, _check_text(where, "annotator", annotator)
-
-
-def _text(where: str, row: Any, field: str) -> str:
-    """row[field] as non-empty text, or ValueError naming the row and field."""
-    return _check_text(where, field, require_field(where, row, field))
-
-
-def _check_text(where: str, field: str, value: Any) -> str:
-    """``value`` when it is a string with a non-blank character, else ValueError."""
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{where}: field '{field}' must be non-empty text, got {value!r}")
-    return value
-
-
-def _finite_number(value: Any) -> float | None:
-    """``value`` as a float when it is a finite number or the text of one, else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        return None
-    try:
-        number = float(value)
-    except (ValueError, OverflowError):  # not a number's text; the caller names the row
-        return None
-    return number if math.isfinite(number) else None
+    prompt_id = check_prompt_id(where, text_field(where, row, "prompt_id"), prompt_ids)
+    return prompt_id, annotator_of(where, row)

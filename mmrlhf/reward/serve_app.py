@@ -6,15 +6,18 @@ through user_config", "Custom health checks", "FastAPI HTTP deployments"):
   scorer, `RewardScorer` by default) and/or rule functions by import path, which each replica
   imports when it starts (a bad one fails the deployment; `build_reward_app` checks them first);
 - rollout workers call `handle.score.remote(images, texts, references, prompts)` through a
-  `DeploymentHandle` and get {source label: float32 (B,), "total": float32 (B,)}; each item goes
-  separately into the `@serve.batch` queue, so concurrent callers share batches;
+  `DeploymentHandle` and get {source label: float32 (B,), "total": float32 (B,),
+  "reward_version": int64 (B,)}, the last the weights version that scored each item; each item
+  goes separately into the `@serve.batch` queue, so concurrent callers share batches;
 - the learned model's weights come from `user_config` ({"weights_dir": ..., "version": ...})
-  through `reconfigure`.
+  through `reconfigure`, which swaps them in place (`load_weights`) between batches.
   Updated declaratively (`serve deploy` config, KubeRay RayService, Serve REST API), a new
-  user_config alone reaches the live replicas, whose `reconfigure` swaps the weights in place
-  (`load_weights`). Redeployed from Python (`deploy_reward`, i.e. `serve.run`), Serve gives the
-  deployment a new random code version each time, so it replaces the replicas with new ones
-  (rolling update) that load the new weights at start (checked with Ray 2.60);
+  user_config alone reaches the live replicas' `reconfigure`. Redeployed from Python
+  (`deploy_reward`, i.e. `serve.run`), Serve would give the deployment a new random code version
+  each time and replace its replicas; `build_reward_app` pins the code version to a hash of what
+  the replicas are built from (`code_version`), so a redeploy that changes only the user_config
+  is the same in-place update (checked with Ray 2.60), and one that changes the sources or batch
+  limits still replaces the replicas (rolling update);
 - `check_health` scores a fixed image with the learned model (when it is a source) and fails on
   a missing scorer or a non-finite score; Serve calls it every `health_check_period_s` and
   replaces a replica whose check raises or takes longer than `health_check_timeout_s` (Serve
@@ -33,6 +36,7 @@ through user_config", "Custom health checks", "FastAPI HTTP deployments"):
 import asyncio
 import base64
 import binascii
+import hashlib
 import io
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -41,11 +45,11 @@ import numpy as np
 from fastapi import FastAPI, HTTPException
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
-from ray import serve
+from ray import cloudpickle, serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from mmrlhf.config import MODEL_SOURCE, TOTAL, RewardSourceConfig, uses_model
+from mmrlhf.config import MODEL_SOURCE, REWARD_VERSION, TOTAL, RewardSourceConfig, uses_model
 from mmrlhf.reward.sources import RewardSources, Scorer, check_batch, load_rule_functions
 
 FAULTS = ("none", "fail", "hang")
@@ -225,15 +229,17 @@ class RewardDeployment:
         their records' references (None: no reference) and prompts.
 
         Returns {source label: float32 (B,), "total": float32 (B,)}, NaN where unscored (see
-        `RewardSources.score`). The handle entry point for rollout workers:
+        `RewardSources.score`), and {"reward_version": int64 (B,)}, the user_config version whose
+        weights scored each item (items of one call may straddle a weight swap). The handle entry point for rollout workers:
         `await handle.score.remote(images, texts, references, prompts)`.
         Raises ValueError for mismatched lengths or a bad item, naming its index, and for a
         source that fails, naming it.
         """
         _check_inputs(images, texts, references, prompts)
         scored = await self._score_items(list(zip(images, texts, references, prompts)))
-        return {label: np.array([s[label] for s, _ in scored], dtype=np.float32)
-                for label in [*self._sources.labels, TOTAL]}
+        scores = {label: np.array([s[label] for s, _ in scored], dtype=np.float32)
+                  for label in [*self._sources.labels, TOTAL]}
+        return {**scores, REWARD_VERSION: np.array([v for _, v in scored], dtype=np.int64)}
 
     def weights_version(self) -> int:
         """The `version` of the user_config whose weights are loaded (-1 before any)."""
@@ -346,8 +352,12 @@ def build_reward_app(
         scaling = {"autoscaling_config": replicas}
     else:
         scaling = {"num_replicas": replicas}
+    init_args = (scorer_factory, max_batch_size, batch_wait_timeout_s, sources)
     return RewardDeployment.options(
         **scaling,
+        # Serve's Python API would draw a random code version per deploy and restart the replicas;
+        # a hash of what they are built from makes a user_config-only redeploy an in-place update.
+        version=code_version(init_args), _internal=True,
         ray_actor_options=ray_actor_options or {"num_cpus": 1},
         max_ongoing_requests=max_ongoing_requests,
         health_check_period_s=health_check_period_s,
@@ -356,7 +366,15 @@ def build_reward_app(
         logging_config={"enable_access_log": False},
         user_config={"version": version, "device": device,
                      **({"weights_dir": str(weights_dir)} if weights_dir is not None else {})},
-    ).bind(scorer_factory, max_batch_size, batch_wait_timeout_s, sources)
+    ).bind(*init_args)
+
+
+def code_version(init_args: tuple) -> str:
+    """The deployment's code version: SHA-256 (16 hex digits) of its pickled init arguments and
+    of this module's source, so a change to either restarts the replicas on the next deploy."""
+    digest = hashlib.sha256(cloudpickle.dumps(init_args))
+    digest.update(Path(__file__).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def deploy_reward(

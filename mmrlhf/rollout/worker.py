@@ -31,14 +31,14 @@ import torch
 from ray import ObjectRef
 from ray.exceptions import RayError, RayTaskError
 
-from mmrlhf.config import TOTAL
+from mmrlhf.config import REWARD_VERSION, TOTAL
 from mmrlhf.data.media import decode_image
 from mmrlhf.metrics import record_reward_latency
 from mmrlhf.models.policy import encode_prompts, generate, load_policy
 from mmrlhf.sync import WeightTransport, load_state_dict_strict, state_dict_hash
 from mmrlhf.types import Rollout
 
-# (images, responses, references, prompts) -> {source label: (B,), "total": (B,)}
+# (images, responses, references, prompts) -> {source label: (B,), "total": (B,), "reward_version": (B,)}
 Scorer = Callable[[list[np.ndarray], list[str], list[Any], list[str]], dict[str, np.ndarray]]
 MAX_RESTARTS = 3
 logger = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ class RolloutWorker:
         out = generate(self.model, self.processor, batch.to(self.device), self.max_new_tokens,
                        temperature=self.temperature, generator=generator)
         generated = time.perf_counter()
-        source_scores = self._score(images, out.texts, rows, step)
+        source_scores, reward_version = score_rows(self.score, images, out.texts, rows, step)
         scores = source_scores.pop(TOTAL)
         scores[~torch.isfinite(scores)] = float("nan")
         return Rollout(
@@ -182,19 +182,25 @@ class RolloutWorker:
             response_ids=out.response_ids.cpu(), response_mask=out.response_mask.cpu(), logprobs=out.logprobs.cpu(),
             finish_reason=out.finish_reason, texts=out.texts,
             policy_version=torch.full((len(rows),), self.policy_version, dtype=torch.int64),
-            scores=scores, source_scores=source_scores,
+            scores=scores, source_scores=source_scores, reward_version=reward_version,
             timings={"time/generate": generated - start, "time/score": time.perf_counter() - generated},
         )
 
-    def _score(self, images: list[np.ndarray], texts: list[str], rows: list[dict[str, Any]],
-               step: int) -> dict[str, torch.Tensor]:
-        """{source label: (B,), "total": (B,)} float32; only a NaN total when scoring failed."""
-        try:
-            scores = self.score(images, texts, [r.get("reference") for r in rows], [r["prompt"] for r in rows])
-        except ScoringFailed as err:
-            logger.warning("step %d: %d samples left unscored: %s", step, len(rows), err)
-            return {TOTAL: torch.full((len(rows),), float("nan"))}
-        return {label: torch.tensor(np.asarray(values), dtype=torch.float32) for label, values in scores.items()}
+
+def score_rows(score: Scorer, images: list[np.ndarray], texts: list[str], rows: list[dict[str, Any]],
+               step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Score B samples: ({source label: (B,), "total": (B,)} float32, reward_version (B,) int64).
+
+    ``rows``: the samples' records (``reference`` optional, ``prompt``). When every try failed
+    (:class:`ScoringFailed`) the scores are only a NaN total and the versions -1.
+    """
+    try:
+        scores = dict(score(images, texts, [r.get("reference") for r in rows], [r["prompt"] for r in rows]))
+    except ScoringFailed as err:
+        logger.warning("step %d: %d samples left unscored: %s", step, len(rows), err)
+        return {TOTAL: torch.full((len(rows),), float("nan"))}, torch.full((len(rows),), -1, dtype=torch.int64)
+    version = torch.as_tensor(np.asarray(scores.pop(REWARD_VERSION)), dtype=torch.int64)
+    return {label: torch.tensor(np.asarray(values), dtype=torch.float32) for label, values in scores.items()}, version
 
 
 class RolloutGroup:

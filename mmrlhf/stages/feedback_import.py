@@ -10,6 +10,7 @@ there (e.g. simulated + human); without it an existing file is left alone.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -24,7 +25,10 @@ from mmrlhf.stages.data import load_split, prepare_data
 
 def run_feedback_import(cfg: RunConfig, path: str | Path, kind: str, append: bool = False,
                         force: bool = False) -> int:
-    """Import a human feedback file of ``kind`` (pairwise, ranking, rating); returns the pairs added.
+    """Import a human feedback file of ``kind`` (:data:`mmrlhf.feedback.importer.KINDS`); returns the pairs added.
+
+    Prints the pairs added and what the kind drops by design (VLFeedback ties, cancelled
+    Label Studio annotations), with counts.
 
     The pairs file is written atomically (``write_table``), so an error leaves it as it was.
     Builds the data splits first if they are missing (as ``mmrlhf feedback simulate`` does).
@@ -49,7 +53,8 @@ def run_feedback_import(cfg: RunConfig, path: str | Path, kind: str, append: boo
         record["inputs"] = {**old["inputs"], **record["inputs"]}
     check_no_dependents(cfg, record, "feedback", force)
     prompt_ids = set(load_split(cfg, "feedback").column("id").to_pylist())
-    pairs = read_feedback_file(path, kind, prompt_ids)
+    dropped: Counter = Counter()
+    pairs = read_feedback_file(path, kind, prompt_ids, dropped)
     table = to_table([dataclasses.asdict(p) for p in pairs], PREFERENCE_SCHEMA)
     if paths.pairs.exists():
         table = pa.concat_tables([read_table(paths.pairs, PREFERENCE_SCHEMA), table])
@@ -57,6 +62,7 @@ def run_feedback_import(cfg: RunConfig, path: str | Path, kind: str, append: boo
     write_lineage(cfg, record, "feedback")
     n_prompts = len({p.prompt_id for p in pairs})
     n_annotators = len({p.annotator for p in pairs})
+    skipped = "".join(f"; dropped {n} {what}" for what, n in sorted(dropped.items()))
     print(f"feedback import: {len(pairs)} preference pairs ({kind}) over {n_prompts} prompts from "
-          f"{n_annotators} annotators; {paths.pairs} holds {table.num_rows}")
+          f"{n_annotators} annotators; {paths.pairs} holds {table.num_rows}{skipped}")
     return len(pairs)

@@ -12,6 +12,7 @@ held-out pairwise accuracy goes to ``<run_dir>/reward/metrics.json``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -142,13 +143,19 @@ def pairwise_accuracy(model: RewardModel, images: torch.Tensor, rows, chosen, re
     return float((chosen_scores > rejected_scores).float().mean())
 
 
-def run_reward_training(cfg: RunConfig, force: bool = False) -> dict[str, float]:
+def run_reward_training(cfg: RunConfig, force: bool = False, append: bool = False) -> dict[str, float]:
     """Train and save the reward model; returns ``{"reward/val_accuracy", "reward/train_accuracy",
-    "reward/train_pairs", "reward/val_pairs"}`` (accuracies 0–1), plus the Wilson interval of the
-    held-out accuracy (``reward/val_accuracy_low`` / ``_high``) when it rests on fewer than
-    :data:`mmrlhf.stats.SMALL_SAMPLE` pairs.
+    "reward/train_pairs", "reward/val_pairs", "reward/version"}`` (accuracies 0–1), plus the Wilson
+    interval of the held-out accuracy (``reward/val_accuracy_low`` / ``_high``) when it rests on
+    fewer than :data:`mmrlhf.stats.SMALL_SAMPLE` pairs.
 
     Writes ``reward/lineage.json`` (:mod:`mmrlhf.stages.lineage`); ``force`` skips its checks.
+    ``append``: the reward-model refresh during RL (issue 17): continue from the current
+    ``reward/model`` (no CLIP warm start) on the pairs now in the feedback file, new ones
+    appended by ``feedback import --append`` included, and count ``reward/version`` up by one.
+    Outputs made from the old model (an RL stage) are allowed: a running RL stage takes the
+    new weights in place (:func:`mmrlhf.stages.rl.swap_reward_weights`) and records the version
+    on every row scored after the swap.
 
     Raises:
         FileNotFoundError: no preference pairs yet (run ``mmrlhf feedback simulate`` or ``import``).
@@ -163,7 +170,11 @@ def run_reward_training(cfg: RunConfig, force: bool = False) -> dict[str, float]
                                 "or `mmrlhf feedback import` first")
     check_current(cfg, FEEDBACK_SIMULATE.folder, force)  # and the splits the pairs were made on
     record = lineage_of(cfg, REWARD, [stage_input(cfg, FEEDBACK_SIMULATE), paths.split("feedback"), paths.split("sft")])
-    check_no_dependents(cfg, record, REWARD.folder, force)
+    if append and not (paths.reward_model / "config.json").is_file():
+        raise FileNotFoundError(f"reward train --append: no trained reward model at {paths.reward_model} to "
+                                "continue from; run `mmrlhf reward train` first")
+    previous = reward_model_version(cfg) if append else None
+    check_no_dependents(cfg, record, REWARD.folder, force or append)
     pairs = read_table(paths.pairs, PREFERENCE_SCHEMA)
     feedback = load_split(cfg, "feedback")
     prompt_ids = sorted(set(pairs.column("prompt_id").to_pylist()))
@@ -174,9 +185,9 @@ def run_reward_training(cfg: RunConfig, force: bool = False) -> dict[str, float]
     feedback = feedback.filter(pa.compute.is_in(feedback.column("id"), pa.array(prompt_ids)))
     row_of = {rid: i for i, rid in enumerate(feedback.column("id").to_pylist())}
 
-    model = initial_reward_model(cfg)
+    model = RewardModel.from_pretrained(paths.reward_model) if append else initial_reward_model(cfg)
     images = model.preprocess(decode_images(feedback, cfg.data.max_image_pixels))
-    if rc.clip_epochs:
+    if rc.clip_epochs and not append:
         sft = load_split(cfg, "sft")
         contrastive_warm_start(model, model.preprocess(decode_images(sft, cfg.data.max_image_pixels)),
                                sft.column("reference").to_pylist(), rc.clip_epochs, rc.batch_size, rc.clip_lr,
@@ -203,6 +214,7 @@ def run_reward_training(cfg: RunConfig, force: bool = False) -> dict[str, float]
         "reward/val_accuracy": pairwise_accuracy(model, images, *val),
         "reward/train_pairs": len(train[0]),
         "reward/val_pairs": len(val[0]),
+        "reward/version": 0 if previous is None else previous + 1,
     }
     if 0 < len(val[0]) < SMALL_SAMPLE:
         hits = round(metrics["reward/val_accuracy"] * len(val[0]))
@@ -220,8 +232,18 @@ def held_out_line(metrics: dict[str, float]) -> str:
     """The line printed after reward training: held-out accuracy, the pairs it rests on and, for
     fewer than :data:`mmrlhf.stats.SMALL_SAMPLE` pairs, its Wilson interval and a warning."""
     n = int(metrics["reward/val_pairs"])
-    line = f"reward: held-out pairwise accuracy {metrics['reward/val_accuracy']:.3f} on {n} pairs"
+    line = (f"reward: held-out pairwise accuracy {metrics['reward/val_accuracy']:.3f} on {n} pairs "
+            f"(version {metrics['reward/version']})")
     warning = small_sample_warning(n, "held-out pairs")
     if "reward/val_accuracy_low" in metrics:
         line += f" (95% interval {metrics['reward/val_accuracy_low']:.3f} to {metrics['reward/val_accuracy_high']:.3f})"
     return line + (f"\n{warning}" if warning else "")
+
+
+def reward_model_version(cfg: RunConfig) -> int:
+    """The version of the run's saved reward model, from ``reward/metrics.json``: 0 for the first
+    training (or a model saved before versions were counted, or none), +1 per ``--append``."""
+    metrics_path = RunPaths(cfg.run_dir).reward_model.parent / "metrics.json"
+    if not metrics_path.is_file():
+        return 0
+    return int(json.loads(metrics_path.read_text()).get("reward/version", 0))

@@ -28,7 +28,7 @@ from transformers import AutoTokenizer
 from mmrlhf.algorithms.kl import AdaptiveKLController, FixedKLController
 from mmrlhf.checkpoint import CheckpointDir, read_state, restore_run, save_run, truncate_log
 from mmrlhf.cluster import init_ray, shutdown_ray
-from mmrlhf.config import RewardSourceConfig, RunConfig, uses_model
+from mmrlhf.config import MODEL_SOURCE, RewardSourceConfig, RunConfig, uses_model
 from mmrlhf.controller import train_loop
 from mmrlhf.learner.rl_group import RLLearnerGroup
 from mmrlhf.metrics import RLMetricsLogger, gold_verdict
@@ -38,6 +38,7 @@ from mmrlhf.reward.sources import load_rule_functions
 from mmrlhf.rollout.prompts import PromptSource
 from mmrlhf.rollout.worker import RolloutGroup, serve_scorer
 from mmrlhf.stages.common import RunPaths, atomic_dir, policy_path
+from mmrlhf.stages.reward_train import reward_model_version
 from mmrlhf.stages.lineage import REWARD, RL, SFT, check_current, lineage_of, stage_input, write_lineage
 from mmrlhf.stages.fit import check_cluster_fits, check_prompts_fit, warn_truncation
 from mmrlhf.stages.data import load_split, prepare_data
@@ -100,9 +101,12 @@ def rl_inputs(cfg: RunConfig, force: bool = False) -> str:
     return sft
 
 
-def start_reward_deployment(cfg: RunConfig, sources: list[RewardSourceConfig]) -> None:
+def start_reward_deployment(cfg: RunConfig, sources: list[RewardSourceConfig], version: int = 0) -> None:
     """Deploy the reward sources on Serve (batched, autoscaled, HTTP only if enabled); the trained
-    reward model is loaded only when it is one of ``sources``."""
+    reward model is loaded only when it is one of ``sources``. ``version`` goes into the
+    user_config and comes back on every scored row (``Rollout.reward_version``). Deploying again
+    with only another ``version`` (new weights in ``reward/model``) swaps them into the live
+    replicas in place (:func:`swap_reward_weights`)."""
     rc, res = cfg.reward, cfg.resources
     replicas = {"min_replicas": rc.min_replicas, "max_replicas": rc.max_replicas,
                 "target_ongoing_requests": rc.target_ongoing_requests}
@@ -113,8 +117,22 @@ def start_reward_deployment(cfg: RunConfig, sources: list[RewardSourceConfig]) -
                            batch_wait_timeout_s=rc.batch_wait_timeout_s,
                            health_check_period_s=rc.health_check_period_s,
                            health_check_timeout_s=rc.health_check_timeout_s,
-                           device=_device(res.reward_gpus))
+                           device=_device(res.reward_gpus), version=version)
     deploy_reward(app, name=REWARD_APP, route_prefix="/reward" if rc.http else None, http_port=rc.http_port)
+
+
+def swap_reward_weights(cfg: RunConfig, version: int) -> None:
+    """Swap the weights now in ``reward/model`` (from ``reward train --append``) into the running
+    RL stage's reward deployment, in place: a new user_config whose ``version`` each replica's
+    ``reconfigure`` takes between batches, so no request fails and every row scored afterwards
+    carries ``version``. Needs a Ray connection to the cluster the RL stage runs on.
+    Raises ValueError when no reward source is the learned model (there are no weights to swap).
+    """
+    sources = reward_sources(cfg)
+    if not uses_model(sources):
+        raise ValueError(f"swap_reward_weights: reward.sources {[s.name for s in sources]} has no learned "
+                         f"model ({MODEL_SOURCE!r}), so there are no weights to swap")
+    start_reward_deployment(cfg, sources, version)
 
 
 def save_policy(learner_group: RLLearnerGroup, sft_path: str, out: Path) -> None:
@@ -157,7 +175,7 @@ def rl_system(cfg: RunConfig, force: bool = False) -> Iterator[RLSystem]:
     pool = load_split(cfg, "feedback")
     rollout_group = learner_group = None
     try:
-        start_reward_deployment(cfg, reward_sources(cfg))
+        start_reward_deployment(cfg, reward_sources(cfg), reward_model_version(cfg))
         transport = ObjectStoreTransport()
         timeout_s, retries = cfg.reward.score_timeout_s, cfg.reward.score_retries
         rollout_group = RolloutGroup(

@@ -14,6 +14,7 @@ import io
 import json
 import socket
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from mmrlhf.reward.serve_app import (
     decode_image,
     deploy_reward,
 )
-from mmrlhf.rollout.worker import serve_scorer
+from mmrlhf.rollout.worker import score_rows, serve_scorer
 from tests.reward.rule_functions import PATH
 
 # pytest imports this file as `distributed.test_...`, a name Serve replicas can't import; ship the
@@ -150,12 +151,13 @@ def test_serve_batches_concurrent_calls_and_reconfigures(serve_instance, tmp_pat
     sizes = batch_sizes(tmp_path)
     assert sum(sizes) == 8 and max(sizes) > 1, sizes
     scores = handle.score.remote([white, rgb_black], ["ab", ""], *no_records(2)).result()
-    assert list(scores) == ["model", "total"] and scores["model"].dtype == np.float32
+    assert list(scores) == ["model", "total", "reward_version"] and scores["model"].dtype == np.float32
+    assert scores["reward_version"].tolist() == [1, 1]
     assert scores["total"].tolist() == scores["model"].tolist() == [pytest.approx(3.0), 0.0]
     assert handle.weights_version.remote().result() == 1
     handle.check_health.remote().result()  # raises on an unhealthy replica
 
-    # Redeployed from Python: Serve starts a replica on the new user_config.
+    # Redeployed from Python with other batch limits: Serve starts a replica on the new user_config.
     deploy_reward(reward_app(tmp_path, "v2", scale=3.0, version=2))
     assert handle.weights_version.remote().result() == 2
     assert totals(handle.score.remote([white], ["ab"], *no_records(1))) == [pytest.approx(5.0)]
@@ -174,6 +176,49 @@ def test_serve_batches_concurrent_calls_and_reconfigures(serve_instance, tmp_pat
         handle.score.remote([white, white], ["a", "b"], [None], ["", ""]).result()
 
 
+def test_reward_refresh_swaps_weights_in_place_while_scoring_no_request_fails_rows_carry_version(
+        serve_instance, tmp_path):
+    """Issue 17, reward-model refresh during RL: redeploying with only a new user_config (what
+    `swap_reward_weights` does) reconfigures the live replica while callers keep scoring."""
+    handle = deploy_reward(reward_app(tmp_path, "v1", scale=1.0, version=1))
+    replica = handle.replica_id.remote().result()
+    score = serve_scorer("reward", timeout_s=60.0, retries=0)  # a failed request would show as version -1
+    white = np.full((2, 2), 255, dtype=np.uint8)
+    texts, rows = ["ab", "abcd"], [{"prompt": ""}, {"prompt": ""}]
+    results, errors, swapped = [], [], threading.Event()
+
+    def rollout_worker():  # scores batches as a rollout worker does, until a few after the swap
+        after = 0
+        try:
+            while after < 5:
+                results.append(score_rows(score, [white, white], texts, rows, step=0))
+                after += swapped.is_set()
+        except Exception as err:  # re-raised below, in the test's thread
+            errors.append(err)
+
+    callers = [threading.Thread(target=rollout_worker) for _ in range(3)]
+    for caller in callers:
+        caller.start()
+    while len(results) < 6 and not errors:
+        threading.Event().wait(0.05)
+    deploy_reward(reward_app(tmp_path, "v2", scale=3.0, version=2))  # the same app, new weights and version
+    swapped.set()
+    for caller in callers:
+        caller.join()
+    if errors:
+        raise errors[0]
+
+    assert handle.replica_id.remote().result() == replica  # the same replica: swapped in place
+    assert last_load(tmp_path) == ("v2", "load_weights")
+    versions = [version.tolist() for _, version in results]
+    assert {v for row in versions for v in row} == {1, 2}  # -1 would be a failed request
+    scale = {1: 1.0, 2: 3.0}
+    for source_scores, version in results:  # each row scored by the weights its version names
+        assert source_scores["total"].tolist() == [pytest.approx(scale[v] + len(t)) for v, t in zip(version.tolist(), texts)]
+    assert versions[-1] == [2, 2]
+    assert handle.weights_version.remote().result() == 2
+
+
 def test_rule_functions_by_import_path_are_served_beside_the_model_one_call_per_batch(serve_instance, tmp_path):
     sources = [RewardSourceConfig("model", 1.0), RewardSourceConfig(f"{PATH}:reference_match", 2.0),
                RewardSourceConfig(f"{PATH}:prompt_words", 0.0)]
@@ -184,13 +229,13 @@ def test_rule_functions_by_import_path_are_served_beside_the_model_one_call_per_
     first = handle.score.remote([white, black], ["ab", ""], ["ab", None], ["what is it", "q"])
     second = handle.score.remote([black], ["abc"], ["xyz"], ["one two"])
     first, second = first.result(), second.result()
-    assert list(first) == ["model", "reference_match", "prompt_words", "total"]
+    assert list(first) == ["model", "reference_match", "prompt_words", "total", "reward_version"]
     assert max(batch_sizes(tmp_path)) == 3  # both calls in one batch
     np.testing.assert_allclose(first["model"], [3.0, 0.0])              # 255/255 + len("ab"); 0 + 0
     np.testing.assert_array_equal(first["reference_match"], [1.0, np.nan])  # no reference: unscored
     np.testing.assert_array_equal(first["prompt_words"], [3.0, 1.0])         # weight 0: computed only
     np.testing.assert_allclose(first["total"], [3.0 + 2 * 1.0, np.nan])      # never 0 for the unscored
-    np.testing.assert_allclose([second[k][0] for k in first], [3.0, 0.0, 2.0, 3.0])
+    np.testing.assert_allclose([second[k][0] for k in first], [3.0, 0.0, 2.0, 3.0, 1])
     handle.check_health.remote().result()
 
 
@@ -201,7 +246,8 @@ def test_rule_function_alone_is_served_without_weights_and_its_failure_reaches_t
                                             ray_actor_options={"num_cpus": 0.5}), name="reward-rules")
     image = np.zeros((2, 2), dtype=np.uint8)
     scores = handle.score.remote([image, image], ["abc", "a"], [None, None], ["q", "q"]).result()
-    assert {k: v.tolist() for k, v in scores.items()} == {"strict_length": [3.0, 1.0], "total": [3.0, 1.0]}
+    assert {k: v.tolist() for k, v in scores.items()} == {"strict_length": [3.0, 1.0], "total": [3.0, 1.0],
+                                                          "reward_version": [0, 0]}
     handle.check_health.remote().result()  # no learned model to check, and no weights to load
     assert handle.weights_version.remote().result() == 0
     with pytest.raises(ValueError) as info:  # what a rollout worker's call raises: not retried, unwrapped

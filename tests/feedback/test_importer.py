@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from mmrlhf.feedback.fields import ANONYMOUS
 from mmrlhf.feedback.importer import (
-    ANONYMOUS,
     pairwise_pairs,
     ranking_pairs,
     rating_pairs,
@@ -191,7 +191,7 @@ def test_file_that_yields_no_pair_is_refused(tmp_path):
 
 def test_unknown_kind_suffix_or_missing_file_is_refused(tmp_path):
     path = write_jsonl(tmp_path / "fb.jsonl", [GOOD["pairwise"]])
-    with pytest.raises(ValueError, match=r"unknown feedback kind 'votes'; expected one of pairwise, ranking, rating"):
+    with pytest.raises(ValueError, match=r"unknown feedback kind 'votes'; expected one of pairwise, ranking, rating, page, rlhf-v"):
         read_feedback_file(path, "votes", PROMPTS)
     with pytest.raises(ValueError, match=r"fb\.json: feedback file must end in \.jsonl or \.csv or \.parquet"):
         read_feedback_file(tmp_path / "fb.json", "pairwise", PROMPTS)

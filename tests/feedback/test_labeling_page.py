@@ -7,7 +7,6 @@ Set MMRLHF_SCREENSHOT=docs/labeling_page.png to refresh the README's screenshot.
 """
 
 import os
-import shutil
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -24,10 +23,10 @@ from mmrlhf.data.media import encode_png
 from mmrlhf.feedback.answers import ANSWERS_DIR, AnswerStore
 from mmrlhf.feedback.labeling_app import APP_NAME, build_labeling_app, deploy_labeling, labeling_token
 from mmrlhf.feedback.tasks import PromptSamples, load_tasks, task_rows, write_tasks
+from tests.feedback.browser import CHROMIUM, label_one
 
 pytestmark = pytest.mark.ray
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TOKEN = "test-annotator-token-0123456789"
 REFERENCES = {"p0": "four one seven", "p1": "two three", "p2": "five"}
 RESPONSES = {"p0": ["four one seven", "four one", "one"], "p1": ["two three", "two"], "p2": ["five", "five five"]}
@@ -63,28 +62,6 @@ def better(texts: list[str]) -> int:
     return int(gold_score(texts[1], ref) > gold_score(texts[0], ref))
 
 
-def label_one(page, n: int, rationale: str | None = None) -> tuple:
-    """Answer the showing on screen (the n-th, from 0) as the scripted person; returns what was done."""
-    # polling by interval: requestAnimationFrame, the default, is throttled in a page not in front
-    page.wait_for_function(f"document.getElementById('progress').textContent === '{n} / 6'", polling=100,
-                           timeout=120_000)
-    left, right = page.locator(".response .text").all_inner_texts()
-    pick = better([left, right])
-    if rationale is not None:  # mouse, then a typed rationale submitted with Ctrl+Enter
-        page.locator(f"button[data-choice='{'A>B' if pick == 0 else 'B>A'}']").click()
-        page.fill("#rationale", rationale)
-        page.press("#rationale", "Control+Enter")
-        choice = "A>B" if pick == 0 else "B>A"
-    else:  # keyboard shortcuts only
-        page.keyboard.press("1" if pick == 0 else "5")
-        page.keyboard.press("Enter")
-        choice = "A>>B" if pick == 0 else "B>>A"
-    done = "document.getElementById('done').offsetParent !== null" if n == 5 else \
-        f"document.getElementById('progress').textContent === '{n + 1} / 6'"
-    page.wait_for_function(done, polling=100, timeout=120_000)  # through retries while a replica is replaced
-    return left, right, choice, [left, right][pick], [left, right][1 - pick], rationale
-
-
 def replica_actor_name() -> str:
     """The labeling replica's actor name, asked in another thread: Playwright's sync API runs an
     asyncio loop in this one, where Serve refuses blocking handle calls."""
@@ -111,10 +88,10 @@ def test_two_annotators_label_through_a_killed_replica_and_every_answer_is_kept(
                 pages[annotator] = browser.new_context(viewport={"width": 1000, "height": 640}).new_page()
                 pages[annotator].goto(f"{url}?token={TOKEN}&annotator={annotator}")
             done = {"ann1": [], "ann2": []}
-            done["ann1"].append(label_one(pages["ann1"], 0, rationale="closest to the digits I read"))
+            done["ann1"].append(label_one(pages["ann1"], 0, better, rationale="closest to the digits I read"))
             for n in (1, 2):
-                done["ann1"].append(label_one(pages["ann1"], n))
-                done["ann2"].append(label_one(pages["ann2"], n - 1))
+                done["ann1"].append(label_one(pages["ann1"], n, better))
+                done["ann2"].append(label_one(pages["ann2"], n - 1, better))
             pages["ann1"].keyboard.press("2")  # a choice selected, for the screenshot
             if os.environ.get("MMRLHF_SCREENSHOT"):
                 pages["ann1"].screenshot(path=os.environ["MMRLHF_SCREENSHOT"])
@@ -122,9 +99,9 @@ def test_two_annotators_label_through_a_killed_replica_and_every_answer_is_kept(
             killed = replica_actor_name()
             ray.kill(ray.get_actor(killed, namespace="serve"), no_restart=True)  # while both are labeling
             for n in range(2, 6):
-                done["ann2"].append(label_one(pages["ann2"], n))
+                done["ann2"].append(label_one(pages["ann2"], n, better))
             for n in range(3, 6):
-                done["ann1"].append(label_one(pages["ann1"], n))
+                done["ann1"].append(label_one(pages["ann1"], n, better))
             assert replica_actor_name() != killed  # a new replica took over
         finally:
             browser.close()

@@ -67,8 +67,10 @@ def test_appended_human_pairs_join_simulated_ones(cfg, tmp_path):
                                                     {"prompt_id": p1, "response": "bad", "rating": 1}])
     run_feedback_import(cfg, ratings, "rating", append=True)
     rows = read_table(RunPaths(cfg.run_dir).pairs, PREFERENCE_SCHEMA).to_pylist()
-    assert rows == [simulated, {"prompt_id": p1, "chosen": "good", "rejected": "bad", "annotator": "anonymous",
-                                "source": "import:rating"}]
+    no_provenance = dict.fromkeys(["origin", "chosen_model", "rejected_model", "aspect_scores", "rationale"])
+    assert rows == [simulated | no_provenance,
+                    {"prompt_id": p1, "chosen": "good", "rejected": "bad", "annotator": "anonymous",
+                     "source": "import:rating", **no_provenance, "origin": f"{ratings} line 1; {ratings} line 2"}]
 
 
 def test_bad_file_leaves_existing_pairs_untouched_and_no_temp_file(cfg, tmp_path):
@@ -95,8 +97,9 @@ def test_cli_round_trip_and_one_line_errors(cfg, tmp_path, capsys):
     assert main(args) == 0
     assert "1 preference pairs (rating) over 1 prompts from 1 annotators" in capsys.readouterr().out
     rows = read_table(RunPaths(cfg.run_dir).pairs, PREFERENCE_SCHEMA).to_pylist()
-    assert rows == [{"prompt_id": p0, "chosen": "one two", "rejected": "one", "annotator": "ann",
-                     "source": "import:rating"}]
+    assert [{k: r[k] for k in ("prompt_id", "chosen", "rejected", "annotator", "source", "origin")} for r in rows] == [
+        {"prompt_id": p0, "chosen": "one two", "rejected": "one", "annotator": "ann", "source": "import:rating",
+         "origin": f"{path} row 0; {path} row 1"}]
 
     assert main(args) == 1  # pairs exist, no --append
     err = capsys.readouterr().err
@@ -108,3 +111,27 @@ def test_cli_round_trip_and_one_line_errors(cfg, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "ratings.csv row 0: field 'rating' must be a finite number, got 'high'" in err
     assert read_table(RunPaths(cfg.run_dir).pairs, PREFERENCE_SCHEMA).num_rows == 1
+
+
+def test_published_import_keeps_provenance_and_a_malformed_row_writes_nothing(cfg, tmp_path, capsys):
+    p0, p1 = _ids(cfg, 2)
+    completion = lambda model, text, rating: {"model": model, "response": text,  # noqa: E731
+                                              "annotations": {"Helpfulness": {"Rating": rating, "Rationale": "why"}}}
+    rows = [{"id": p0, "image": "a.jpg", "prompt": "q", "completions": [
+        completion("m1", "one", "4"), completion("m2", "two", "2"), completion("m3", "three", "4")]}]
+    good = write_jsonl(tmp_path / "vlf.jsonl", rows)
+    assert run_feedback_import(cfg, good, "vlfeedback") == 2
+    assert capsys.readouterr().out.strip().endswith("holds 2; dropped 1 vlfeedback: tied completions")
+    pairs_file = RunPaths(cfg.run_dir).pairs
+    written = read_table(pairs_file, PREFERENCE_SCHEMA).to_pylist()
+    assert [(r["chosen"], r["rejected"], r["chosen_model"], r["rejected_model"], r["aspect_scores"], r["origin"])
+            for r in written] == [("one", "two", "m1", "m2", '{"Helpfulness": [4.0, 2.0]}', f"{good} line 1"),
+                                  ("three", "two", "m3", "m2", '{"Helpfulness": [4.0, 2.0]}', f"{good} line 1")]
+    before = pairs_file.read_bytes()
+    bad = write_jsonl(tmp_path / "povid.jsonl", [
+        {"id": p1, "image": "b.jpg", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}],
+         "rejected_conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "b"}]},
+        {"id": p1, "image": "b.jpg", "conversations": [{"from": "human", "value": "q"}]}])
+    with pytest.raises(ValueError, match=r"povid\.jsonl line 2: field 'conversations' has no gpt turn"):
+        run_feedback_import(cfg, bad, "povid", append=True)
+    assert pairs_file.read_bytes() == before

@@ -71,20 +71,23 @@ def test_rollout_concat_repads_prompts_left_and_responses_right():
     assert joined.policy_version.tolist() == [0, 1]
 
 
-def test_rollout_concat_fills_a_missing_source_with_nan_and_joins_phase_times_by_max_or_sum():
+def test_rollout_concat_fills_a_missing_source_with_nan_and_version_with_minus_one_and_joins_phase_times():
     a = _rollout(["a"], 1, 1, [1.0], source_scores={"model": torch.tensor([1.0])},
-                 timings={"time/generate": 2.0, "time/score": 0.5})
+                 timings={"time/generate": 2.0, "time/score": 0.5}, reward_version=torch.tensor([2]))
     b = _rollout(["b", "b"], 1, 1, [float("nan")] * 2, timings={"time/generate": 3.0, "time/score": 0.25})  # scoring failed
     parallel = Rollout.concat([a, b], pad_token_id=0, parallel=True)
     torch.testing.assert_close(parallel.source_scores["model"], torch.tensor([1.0, float("nan"), float("nan")]),
                                equal_nan=True)
     assert parallel.timings == {"time/generate": 3.0, "time/score": 0.5}  # the slowest worker's wall time
+    assert parallel.reward_version.tolist() == [2, -1, -1]  # the part without one: unscored
     assert Rollout.concat([a, b], pad_token_id=0).timings == {"time/generate": 5.0, "time/score": 0.75}
 
 
 def test_rollout_metrics_count_groups_whose_samples_all_score_alike():
     r = _rollout(["a", "a", "b", "b"], 1, 1, [1.0, 1.0, 0.0, 2.0], version=3)
     m = rollout_metrics(r, policy_version=4)
+    assert "rollout/reward_version" not in m  # a rollout that records none
+    assert rollout_metrics(_rollout(["a"], 1, 1, [1.0], reward_version=torch.tensor([3])), 0)["rollout/reward_version"] == 3
     assert m["rollout/all_alike"] == 0.5
     assert m["rollout/reward"] == 1.0
     assert m["rollout/policy_lag"] == 1.0

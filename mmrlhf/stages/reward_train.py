@@ -232,11 +232,12 @@ def held_out_line(metrics: dict[str, float]) -> str:
     """The line printed after reward training: held-out accuracy, the pairs it rests on and, for
     fewer than :data:`mmrlhf.stats.SMALL_SAMPLE` pairs, its Wilson interval and a warning."""
     n = int(metrics["reward/val_pairs"])
-    line = (f"reward: held-out pairwise accuracy {metrics['reward/val_accuracy']:.3f} on {n} pairs "
-            f"(version {metrics['reward/version']})")
+    line = f"reward: held-out pairwise accuracy {metrics['reward/val_accuracy']:.3f} on {n} pairs"
     warning = small_sample_warning(n, "held-out pairs")
     if "reward/val_accuracy_low" in metrics:
         line += f" (95% interval {metrics['reward/val_accuracy_low']:.3f} to {metrics['reward/val_accuracy_high']:.3f})"
+    if metrics.get("reward/version", 0):  # a model continued by --append
+        line += f"; reward model version {metrics['reward/version']}"
     return line + (f"\n{warning}" if warning else "")
 
 

@@ -110,7 +110,8 @@ def start_reward_deployment(cfg: RunConfig, sources: list[RewardSourceConfig], v
     rc, res = cfg.reward, cfg.resources
     replicas = {"min_replicas": rc.min_replicas, "max_replicas": rc.max_replicas,
                 "target_ongoing_requests": rc.target_ongoing_requests}
-    weights_dir = RunPaths(cfg.run_dir).reward_model if uses_model(sources) else None
+    # absolute: Serve replicas run in the cluster's working directory, not the driver's
+    weights_dir = RunPaths(cfg.run_dir).reward_model.resolve() if uses_model(sources) else None
     app = build_reward_app(weights_dir, sources=sources, max_batch_size=rc.max_batch_size,
                            replicas=replicas if rc.max_replicas > rc.min_replicas else rc.min_replicas,
                            ray_actor_options=_actor_options(res.reward_cpus, res.reward_gpus, res.reward_resource),
@@ -170,7 +171,7 @@ def rl_system(cfg: RunConfig, force: bool = False) -> Iterator[RLSystem]:
     """
     rl, res = cfg.rl, cfg.resources
     check_cluster_fits(cfg, ray.cluster_resources(), ray.available_resources())
-    sft = rl_inputs(cfg, force)
+    sft = str(Path(rl_inputs(cfg, force)).resolve())  # actors run in the cluster's working directory
     prepare_data(cfg, force=force)
     pool = load_split(cfg, "feedback")
     rollout_group = learner_group = None
@@ -225,7 +226,8 @@ def run_rl(cfg: RunConfig, resume: bool = False, force: bool = False) -> list[di
     paths = RunPaths(cfg.run_dir)
     inputs = [SFT, REWARD] if uses_model(reward_sources(cfg)) else [SFT]
     record = lineage_of(cfg, RL, [*(stage_input(cfg, stage) for stage in inputs), paths.split("feedback")])
-    checkpoints = CheckpointDir(paths.rl_checkpoints, keep=cfg.rl.keep_checkpoints)
+    # absolute: the learner ranks write their shards from the cluster's working directory
+    checkpoints = CheckpointDir(paths.rl_checkpoints.resolve(), keep=cfg.rl.keep_checkpoints)
     start = checkpoints.latest()
     if resume and start is None:
         raise FileNotFoundError(f"--resume: no complete checkpoint in {paths.rl_checkpoints}")

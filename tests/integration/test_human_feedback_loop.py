@@ -62,6 +62,8 @@ def label_every_showing(tasks_dir) -> list[tuple]:
 
 def test_page_answers_train_the_reward_model_that_rl_uses_and_refreshes_in_place(ray_cluster, tmp_path, capsys):
     assert CHROMIUM, "no chromium executable: install Debian's package (apt-get install -y chromium)"
+    # Serve's HTTP options are fixed when it starts: earlier tests in this session ran it without a proxy
+    serve.shutdown()
     cfg = load_config(TINY, [f"run_dir={tmp_path / 'run'}", "feedback.n_prompts=8", "feedback.samples_per_prompt=3",
                              "reward.val_fraction=0.25"])
     prepare_data(cfg)

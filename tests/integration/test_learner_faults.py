@@ -13,7 +13,7 @@ import torch
 
 from mmrlhf.learner.group import LearnerRankDied
 from mmrlhf.learner.rl_group import RLLearnerGroup
-from mmrlhf.config import TOTAL
+from mmrlhf.config import REWARD_VERSION, TOTAL
 from mmrlhf.reward.scorer import RewardScorer
 from mmrlhf.reward.sources import RewardSources
 from mmrlhf.rollout.prompts import PromptSource
@@ -32,7 +32,7 @@ def _rollout_with_nonfinite_scores(cfg):
     def score(images, texts, references, prompts):
         scores = sources.score(images, texts, references, prompts)
         scores[TOTAL][list(NONFINITE_ROWS)] = [np.nan, np.inf]
-        return scores
+        return scores | {REWARD_VERSION: np.zeros(len(texts), dtype=np.int64)}  # as the deployment replies
 
     threads = torch.get_num_threads()
     try:

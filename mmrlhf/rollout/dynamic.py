@@ -43,13 +43,12 @@ def fill_informative(rollout: Rollout, more: Callable[[], Rollout], target_promp
     parts, prompts, dropped, tries = [], 0, 0, 0
     batch = rollout
     while True:
-        keep = informative_rows(batch)
-        groups = len(set(batch.prompt_ids))
-        if keep.any():
-            kept = batch.select(torch.nonzero(keep).squeeze(-1))
-            parts.append(kept)
-            prompts += len(set(kept.prompt_ids))
-        dropped += groups - len(set(batch.prompt_ids[i] for i in torch.nonzero(keep).squeeze(-1).tolist()))
+        rows = torch.nonzero(informative_rows(batch)).squeeze(-1)
+        kept = len(set(batch.prompt_ids[i] for i in rows.tolist()))
+        if kept:
+            parts.append(batch.select(rows))
+            prompts += kept
+        dropped += len(set(batch.prompt_ids)) - kept
         if prompts >= target_prompts or tries >= max_tries:
             break
         tries += 1

@@ -111,11 +111,12 @@ class RolloutWorker:
         max_image_pixels: decompression-bomb cap for prompt images (pixels).
         device: where the policy replica samples ("cuda" when the actor has a GPU); rollouts
             come back on the CPU.
+        num_threads: torch intra-op threads of this process (1: one core per worker).
     """
 
     def __init__(self, policy_path: str, scorer_factory: Callable[[], Scorer], seed: int,
-                 temperature: float, max_new_tokens: int, max_image_pixels: int, device: str = "cpu") -> None:
-        torch.set_num_threads(1)
+                 temperature: float, max_new_tokens: int, max_image_pixels: int, device: str = "cpu", num_threads: int = 1) -> None:
+        torch.set_num_threads(num_threads)
         self.device = torch.device(device)
         self.model, self.processor = load_policy(policy_path)
         self.model.to(self.device).eval()

@@ -1,0 +1,85 @@
+"""A run directory with an SFT policy and a reward model for the benchmarks, and a local Ray cluster.
+
+``prepared_run(run_dir, dest, config)`` copies ``run_dir`` (without its RL, eval and TensorBoard
+outputs, so the original is never written) to ``dest``; without ``run_dir`` it builds one in
+``dest`` with the real stages (``mmrlhf data``, ``sft``, ``feedback``, ``reward train``) from
+``config`` (default ``jobs/tiny.yaml``: a minute on a CPU), so that a fresh clone can run every
+script. ``local_ray(num_cpus)`` starts a local cluster with token auth on and a fresh token, as
+``tests/conftest.py`` does, and stops it afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+from mmrlhf.config import RunConfig, load_config
+
+TINY = Path(__file__).resolve().parents[1] / "jobs" / "tiny.yaml"
+RAY_ENV_KEYS = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
+
+
+def prepared_run(run_dir: str | None, dest: Path, config: str | None = None,
+                 overrides: list[str] | None = None) -> RunConfig:
+    """The config of a fresh run directory at ``dest`` (emptied first) with an SFT policy and a reward model.
+
+    ``run_dir``: copied (its own ``config.yaml`` is used unless ``config`` is given); None: built
+    here with ``config`` (default jobs/tiny.yaml). ``overrides``: ``key=value`` applied on top.
+    Raises FileNotFoundError when ``run_dir`` has no ``config.yaml`` and no ``config`` is given.
+    """
+    dest = Path(dest).resolve()
+    shutil.rmtree(dest, ignore_errors=True)
+    extra = [*(overrides or []), f"run_dir={dest}"]
+    if run_dir is not None:
+        shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("rl", "eval", "tensorboard"))
+        source = config or Path(run_dir) / "config.yaml"
+        if not Path(source).exists():
+            raise FileNotFoundError(f"{run_dir}: no config.yaml; pass --config")
+        return load_config(source, extra)
+    from mmrlhf.stages.data import prepare_data
+    from mmrlhf.stages.feedback import run_feedback_simulation
+    from mmrlhf.stages.reward_train import run_reward_training
+    from mmrlhf.stages.sft import run_sft
+
+    cfg = load_config(config or TINY, extra)
+    prepare_data(cfg)
+    run_sft(cfg)
+    run_feedback_simulation(cfg)
+    run_reward_training(cfg)
+    return cfg
+
+
+@contextlib.contextmanager
+def auth_token_env() -> Iterator[str]:
+    """A fresh Ray token in ``RAY_AUTH_TOKEN`` (inherited by every Ray process started in the block),
+    ``RAY_ADDRESS`` and ``RAY_AUTH_MODE`` unset so ``ray.init`` turns auth on itself (see
+    :mod:`mmrlhf.cluster`); the environment is restored afterwards. Yields the token."""
+    saved = {key: os.environ.get(key) for key in RAY_ENV_KEYS}
+    os.environ.pop("RAY_ADDRESS", None)
+    os.environ.pop("RAY_AUTH_MODE", None)
+    os.environ["RAY_AUTH_TOKEN"] = token = secrets.token_hex(32)
+    try:
+        yield token
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: int) -> Iterator[None]:
+    """A local Ray cluster of ``num_cpus`` logical CPUs, no dashboard, token auth on; stopped on exit."""
+    from mmrlhf.cluster import init_ray, shutdown_ray
+
+    with auth_token_env():
+        init_ray(num_cpus=num_cpus, include_dashboard=False)
+        try:
+            yield
+        finally:
+            shutdown_ray()

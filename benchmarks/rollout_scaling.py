@@ -14,7 +14,7 @@ Efficiency = (2-worker samples/s / 1-worker samples/s) / 2, against each one-wor
 the gate (issue 14) is >= 0.8. Actors ask Ray for 0 logical CPUs so all three set-ups stay alive
 side by side; the threads decide how many cores each uses.
 
-    python benchmarks/rollout_scaling.py [--run-dir /work/benchrun/seed0] [--prompts 32 --samples 4] [--rounds 5] [--json out.json]
+    python benchmarks/rollout_scaling.py [--run-dir runs/digits] [--prompts 32 --samples 4] [--rounds 5] [--json out.json]
     python benchmarks/rollout_scaling.py --quick     # < 1 minute smoke run (tiny run built here)
 """
 

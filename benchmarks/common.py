@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -46,11 +45,6 @@ def alternating(runs: dict[str, Callable[[], float]], rounds: int, warmup: int =
             if round_index >= warmup:
                 values[name].append(value)
     return values
-
-
-def median(values: Sequence[float]) -> float:
-    """The median of ``values`` (``statistics.median``)."""
-    return statistics.median(values)
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -11,8 +11,6 @@ script. ``local_ray(num_cpus)`` starts a local cluster with token auth on and a 
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets
 import shutil
 from pathlib import Path
 from typing import Iterator
@@ -20,7 +18,6 @@ from typing import Iterator
 from mmrlhf.config import RunConfig, load_config
 
 TINY = Path(__file__).resolve().parents[1] / "jobs" / "tiny.yaml"
-RAY_ENV_KEYS = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
 
 
 def prepared_run(run_dir: str | None, dest: Path, config: str | None = None,
@@ -35,10 +32,10 @@ def prepared_run(run_dir: str | None, dest: Path, config: str | None = None,
     shutil.rmtree(dest, ignore_errors=True)
     extra = [*(overrides or []), f"run_dir={dest}"]
     if run_dir is not None:
-        shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("rl", "eval", "tensorboard"))
         source = config or Path(run_dir) / "config.yaml"
         if not Path(source).exists():
             raise FileNotFoundError(f"{run_dir}: no config.yaml; pass --config")
+        shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("rl", "eval", "tensorboard"))
         return load_config(source, extra)
     from mmrlhf.stages.data import prepare_data
     from mmrlhf.stages.feedback import run_feedback_simulation
@@ -54,30 +51,11 @@ def prepared_run(run_dir: str | None, dest: Path, config: str | None = None,
 
 
 @contextlib.contextmanager
-def auth_token_env() -> Iterator[str]:
-    """A fresh Ray token in ``RAY_AUTH_TOKEN`` (inherited by every Ray process started in the block),
-    ``RAY_ADDRESS`` and ``RAY_AUTH_MODE`` unset so ``ray.init`` turns auth on itself (see
-    :mod:`mmrlhf.cluster`); the environment is restored afterwards. Yields the token."""
-    saved = {key: os.environ.get(key) for key in RAY_ENV_KEYS}
-    os.environ.pop("RAY_ADDRESS", None)
-    os.environ.pop("RAY_AUTH_MODE", None)
-    os.environ["RAY_AUTH_TOKEN"] = token = secrets.token_hex(32)
-    try:
-        yield token
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@contextlib.contextmanager
 def local_ray(num_cpus: int) -> Iterator[None]:
     """A local Ray cluster of ``num_cpus`` logical CPUs, no dashboard, token auth on; stopped on exit."""
-    from mmrlhf.cluster import init_ray, shutdown_ray
+    from mmrlhf.cluster import fresh_auth_token_env, init_ray, shutdown_ray
 
-    with auth_token_env():
+    with fresh_auth_token_env():
         init_ray(num_cpus=num_cpus, include_dashboard=False)
         try:
             yield

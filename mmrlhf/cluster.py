@@ -17,11 +17,39 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from typing import Iterator
 
 import ray
 from ray.runtime_context import RuntimeContext
 from ray import serve
+
+
+RAY_ENV_KEYS = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
+
+
+@contextlib.contextmanager
+def fresh_auth_token_env() -> Iterator[str]:
+    """A new local cluster's environment with token auth on and a fresh token; restored on exit.
+
+    Unsets `RAY_ADDRESS` (always a cluster of one's own, never a shared one) and `RAY_AUTH_MODE`
+    (left to `ray.init`, which switches this process's cached Ray config to token mode; setting it
+    here would be too late for that cache, filled when ray was imported, and the driver would fail
+    to authenticate to its own GCS), and puts a fresh token in `RAY_AUTH_TOKEN`, inherited by every
+    Ray process started in the block, so nothing is written to `~/.ray`. Yields the token.
+    """
+    saved = {key: os.environ.get(key) for key in RAY_ENV_KEYS}
+    os.environ.pop("RAY_ADDRESS", None)
+    os.environ.pop("RAY_AUTH_MODE", None)
+    os.environ["RAY_AUTH_TOKEN"] = token = secrets.token_hex(32)
+    try:
+        yield token
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def init_ray(

@@ -10,15 +10,12 @@ nothing is written to the home directory, and it restores the environment afterw
 from __future__ import annotations
 
 import gc
-import os
-import secrets
 
 import psutil
 import pytest
 
-from mmrlhf.cluster import init_ray, shutdown_ray
+from mmrlhf.cluster import fresh_auth_token_env, init_ray, shutdown_ray
 
-RAY_ENV_KEYS = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
 EXIT_WAIT_S = 30.0
 
 
@@ -30,36 +27,25 @@ def ray_cluster():
     started (gcs_server, raylet, agents, workers) has exited; survivors are killed by pid and
     the teardown fails naming them.
     """
-    saved_env = {key: os.environ.get(key) for key in RAY_ENV_KEYS}
-    os.environ.pop("RAY_ADDRESS", None)  # always a cluster of our own, never a shared one
-    # Leave the mode to ray.init: it switches this process's cached Ray config to token mode.
-    # Setting RAY_AUTH_MODE here instead would be too late for that cache (filled when ray was
-    # imported), and the driver would then fail to authenticate to its own GCS.
-    os.environ.pop("RAY_AUTH_MODE", None)
-    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     driver = psutil.Process()
     preexisting = {p.pid for p in driver.children(recursive=True)}
-    try:
-        context = init_ray(num_cpus=4, include_dashboard=False)
-        yield context
-    finally:
-        # Snapshot at the end, so workers started during the tests are included too.
-        ours = [p for p in driver.children(recursive=True) if p.pid not in preexisting]
-        shutdown_ray()
-        _, alive = psutil.wait_procs(ours, timeout=EXIT_WAIT_S)
-        survivors = []
-        for process in alive:
-            try:
-                survivors.append(f"{process.pid} ({process.name()})")
-                process.kill()
-            except psutil.NoSuchProcess:
-                pass
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        assert not survivors, f"ray_cluster teardown: still alive after shutdown: {survivors}"
+    survivors = []
+    with fresh_auth_token_env():
+        try:
+            context = init_ray(num_cpus=4, include_dashboard=False)
+            yield context
+        finally:
+            # Snapshot at the end, so workers started during the tests are included too.
+            ours = [p for p in driver.children(recursive=True) if p.pid not in preexisting]
+            shutdown_ray()
+            _, alive = psutil.wait_procs(ours, timeout=EXIT_WAIT_S)
+            for process in alive:
+                try:
+                    survivors.append(f"{process.pid} ({process.name()})")
+                    process.kill()
+                except psutil.NoSuchProcess:
+                    pass
+    assert not survivors, f"ray_cluster teardown: still alive after shutdown: {survivors}"
 
 
 class PickleTrap:

@@ -71,7 +71,7 @@ def main() -> None:
 
     from mmrlhf.rollout.prompts import PromptSource
     from mmrlhf.rollout.worker import RolloutGroup
-    from mmrlhf.models.policy import load_policy
+    from mmrlhf.models.policy import pad_token_id
     from mmrlhf.stages.common import policy_path
     from mmrlhf.stages.data import load_split
 
@@ -79,7 +79,7 @@ def main() -> None:
         cfg = prepared_run(args.run_dir, Path(scratch) / "run", args.config)
         sft = str(policy_path(cfg, "sft").resolve())
         records = PromptSource(load_split(cfg, "feedback"), args.prompts, cfg.seed).next_batch()
-        pad = load_policy(sft)[1].tokenizer.pad_token_id
+        pad = pad_token_id(sft)
         with local_ray(num_cpus=2):
             groups = {name: RolloutGroup(workers, dict(policy_path=sft, scorer_factory=GoldScorer, seed=cfg.seed,
                                                        temperature=1.0, max_new_tokens=args.max_new_tokens,

@@ -3,7 +3,7 @@
 ``prepared_run(run_dir, dest, config)`` copies ``run_dir`` (without its RL, eval and TensorBoard
 outputs, so the original is never written) to ``dest``; without ``run_dir`` it builds one in
 ``dest`` with the real stages (``mmrlhf data``, ``sft``, ``feedback``, ``reward train``) from
-``config`` (default ``jobs/tiny.yaml``: a minute on a CPU), so that a fresh clone can run every
+``config`` (saved as ``dest/config.yaml``) (default ``jobs/tiny.yaml``: a minute on a CPU), so that a fresh clone can run every
 script. ``local_ray(num_cpus)`` starts a local cluster with token auth on and a fresh token, as
 ``tests/conftest.py`` does, and stops it afterwards.
 """
@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from mmrlhf.config import RunConfig, load_config
+from mmrlhf.config import RunConfig, load_config, save_config
 
 TINY = Path(__file__).resolve().parents[1] / "jobs" / "tiny.yaml"
 
@@ -43,6 +43,8 @@ def prepared_run(run_dir: str | None, dest: Path, config: str | None = None,
     from mmrlhf.stages.sft import run_sft
 
     cfg = load_config(config or TINY, extra)
+    dest.mkdir(parents=True)
+    save_config(cfg, dest / "config.yaml")
     prepare_data(cfg)
     run_sft(cfg)
     run_feedback_simulation(cfg)

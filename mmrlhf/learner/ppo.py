@@ -23,7 +23,7 @@ from torch import Tensor
 from mmrlhf.algorithms import (gae, kl_estimate, masked_mean, masked_whiten, ppo_loss, reduce_tokens, token_rewards,
                                truncated_importance_weights)
 from mmrlhf.config import RLConfig
-from mmrlhf.learner.worker import LearnerWorker, all_reduce_sum
+from mmrlhf.learner.worker import LearnerWorker, all_reduce_sum, block_permutation
 from mmrlhf.models.policy import PromptBatch, load_policy, response_logprobs
 from mmrlhf.types import Experience
 
@@ -160,7 +160,9 @@ class PPOLearner(LearnerWorker):
     def update(self) -> dict[str, float]:
         """``ppo_epochs`` passes over this rank's experience in minibatches; metrics averaged.
 
-        Every rank draws the same permutation (same seed), so all ranks step together.
+        Every rank draws the same permutation (same seed), so all ranks step together. A prompt's
+        samples stay in one minibatch (:func:`block_permutation`), so the learner runs each prompt
+        once for all of them (:func:`mmrlhf.models.policy.prefill`).
         """
         if not self.experience:
             raise RuntimeError("PPOLearner.update: call make_experience first")
@@ -171,7 +173,7 @@ class PPOLearner(LearnerWorker):
         per_rank = max(1, self.rl.minibatch_size // self.world_size)
         history: list[dict[str, float]] = []
         for _ in range(self.rl.ppo_epochs):
-            order = torch.randperm(n, generator=self.generator)
+            order = block_permutation(n, self.rl.samples_per_prompt, self.generator)
             for start in range(0, n, per_rank):
                 idx = order[start:start + per_rank]
                 minibatch = {k: v[idx] for k, v in self.experience.items()}

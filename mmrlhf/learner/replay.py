@@ -52,15 +52,27 @@ class ReplayBuffer:
                 self.chunks[0] = {k: v[excess:] for k, v in self.chunks[0].items()}
                 excess = 0
 
-    def sample(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
+    def sample(self, n: int, generator: torch.Generator, block: int = 1) -> dict[str, Tensor]:
         """``n`` rows drawn uniformly with replacement, padded to common lengths: ``{key: (n, ...)}``.
 
-        Raises ValueError when the buffer is empty.
+        ``block``: draw aligned blocks of ``block`` consecutive rows (rows ``[k·block, (k+1)·block)``,
+        the last block possibly shorter) uniformly with replacement instead of single rows, and keep
+        the first ``n`` rows. Each row is still equally likely; rows of one block come together. With
+        ``block = rl.samples_per_prompt`` a block is one prompt's samples (rollouts keep them
+        contiguous), so the learner runs each drawn prompt once for all its samples
+        (:func:`mmrlhf.models.policy.prefill`). ``block=1`` is plain row sampling.
+        Raises ValueError when the buffer is empty or ``block < 1``.
         """
         size = len(self)
         if size == 0:
             raise ValueError("ReplayBuffer.sample: the buffer is empty; add experience first")
-        index = torch.randint(size, (n,), generator=generator).tolist()
+        if block < 1:
+            raise ValueError(f"ReplayBuffer.sample: block={block}, expected an integer >= 1 (rows)")
+        index: list[int] = []
+        while len(index) < n:  # a short last block can leave the first draw short
+            for b in torch.randint(-(-size // block), (-(-(n - len(index)) // block),), generator=generator).tolist():
+                index += range(b * block, min((b + 1) * block, size))
+        index = index[:n]
         starts = torch.tensor([0] + [_rows(c) for c in self.chunks]).cumsum(0).tolist()
         rows = []
         for i in index:

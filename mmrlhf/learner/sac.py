@@ -103,8 +103,9 @@ class SACLearner(LearnerWorker):
             polyak_update(target, online, self.rl.sac_tau)
 
     def update(self) -> dict[str, float]:
-        """``rl.sac_updates_per_step`` steps on minibatches drawn from the replay buffer, each
-        followed by a Polyak update of the target Q heads; metrics averaged over the steps.
+        """``rl.sac_updates_per_step`` steps on minibatches drawn from the replay buffer (whole
+        prompts: blocks of ``rl.samples_per_prompt`` rows), each followed by a Polyak update of the
+        target Q heads; metrics averaged over the steps.
 
         Raises RuntimeError when the buffer is empty (call ``make_experience`` first).
         """
@@ -114,7 +115,8 @@ class SACLearner(LearnerWorker):
         per_rank = max(1, self.rl.minibatch_size // self.world_size)
         history = []
         for _ in range(self.rl.sac_updates_per_step):
-            history.append(self.train_step(self.replay.sample(per_rank, self.generator), self._minibatch_loss))
+            minibatch = self.replay.sample(per_rank, self.generator, block=self.rl.samples_per_prompt)
+            history.append(self.train_step(minibatch, self._minibatch_loss))
             self._update_target_heads()
         return mean_metrics(history)
 

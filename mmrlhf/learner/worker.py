@@ -45,6 +45,20 @@ def all_reduce_sum(*values: float | Tensor) -> list[float]:
     return t.tolist()
 
 
+def block_permutation(n: int, block: int, generator: torch.Generator) -> Tensor:
+    """A random order of ``n`` rows that keeps aligned blocks of ``block`` consecutive rows together.
+
+    The blocks ``[k·block, (k+1)·block)`` (the last possibly shorter) are shuffled as units and
+    each keeps its rows in order: ``(n,)`` int64, a permutation of ``0..n-1``. ``block=1`` is
+    ``torch.randperm(n, generator=generator)``. Raises ValueError for ``block < 1``.
+    """
+    if block < 1:
+        raise ValueError(f"block_permutation: block={block}, expected an integer >= 1 (rows)")
+    blocks = torch.randperm(-(-n // block), generator=generator)
+    rows = (blocks[:, None] * block + torch.arange(block)).flatten()  # (blocks * block,)
+    return rows[rows < n]
+
+
 def shard_batch(batch: dict[str, Tensor], rank: int, world_size: int) -> dict[str, Tensor]:
     """Block `rank` of `world_size` contiguous equal blocks along dim 0 of every tensor in `batch`.
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 from mmrlhf.errors import CheckpointUnreachable
 
@@ -54,10 +54,23 @@ def load_policy(name_or_path: str, dtype: torch.dtype = torch.float32):
             f"policy {name_or_path!r} could not be reached (no network to huggingface.co, and not in the local "
             f"cache): download it where there is network (`hf download {name_or_path} --local-dir DIR`) and pass "
             "the folder, e.g. model.policy=/abs/DIR or --policy /abs/DIR") from err
-    processor.tokenizer.padding_side = "left"
-    if processor.tokenizer.pad_token is None:
-        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    _pad_left(processor.tokenizer)
     return model, processor
+
+
+def _pad_left(tokenizer) -> None:
+    """Pad on the left, with eos where the tokenizer has no pad token."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def pad_token_id(name_or_path: str) -> int:
+    """The pad token id :func:`load_policy`'s processor pads with, from the tokenizer alone (no
+    weights are read). Raises OSError (transformers') when there is no tokenizer at ``name_or_path``."""
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    _pad_left(tokenizer)
+    return tokenizer.pad_token_id
 
 
 def as_rgb_uint8(image: np.ndarray, index: int) -> np.ndarray:
@@ -145,6 +158,44 @@ def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def prompt_groups(batch: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct prompts of ``batch`` (rows with equal tokens, mask and pixels are one prompt,
+    as the samples of one prompt in a rollout are).
+
+    Returns (first (G,) int64: one row of each distinct prompt, ascending; inverse (B,) int64:
+    each row's index into ``first``). Exact equality, no hashing: two images that differ in one
+    pixel are two prompts.
+    """
+    rows = torch.cat([batch.input_ids.double(), batch.attention_mask.double(),
+                      batch.pixel_values.flatten(1).double()], dim=1)  # (B, 2T + 3HW), exact in float64
+    _, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    order = torch.arange(len(inverse), device=inverse.device)
+    first = torch.full((int(inverse.max()) + 1,), len(inverse), device=inverse.device)
+    first = first.scatter_reduce(0, inverse, order, reduce="amin")  # (G,): smallest row of each prompt
+    rank = torch.empty_like(first)
+    rank[first.argsort()] = torch.arange(len(first), device=first.device)
+    return first.sort().values, rank[inverse]
+
+
+def prefill(model, batch: PromptBatch):
+    """Run the prompts through the model once per distinct prompt (:func:`prompt_groups`), with
+    gradients if enabled: the vision tower and the LM see each image and prompt once however many
+    samples share it (a rollout's ``samples_per_prompt``), and the cache is then copied to every row.
+
+    Returns (last (B, H): the final-norm last-layer state at each row's last prompt position, which
+    predicts the first response token; cache: the model's KV cache of the B rows). Each row's
+    values equal those of a forward over that row alone, up to floating-point reassociation.
+    """
+    first, inverse = prompt_groups(batch)
+    mask = batch.attention_mask[first]
+    out = model.model(input_ids=batch.input_ids[first], pixel_values=batch.pixel_values[first], attention_mask=mask,
+                      position_ids=_position_ids(mask), use_cache=True)
+    cache = out.cache
+    if len(first) < len(inverse):
+        cache.reorder_cache(inverse)  # (G, ...) -> (B, ...) rows; index_select keeps the autograd graph
+    return out.last_hidden_state[:, -1][inverse], cache
+
+
 def _tempered_logprobs(model, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
     """(..., H) last-layer hidden -> (..., V) float32 log_softmax(lm_head(hidden) / temperature).
 
@@ -181,14 +232,12 @@ def generate(model, processor, batch: PromptBatch, max_new_tokens: int, temperat
     tokenizer = processor.tokenizer
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     attention_mask = batch.attention_mask
-    positions = _position_ids(attention_mask)
-    out = model.model(input_ids=batch.input_ids, pixel_values=batch.pixel_values, attention_mask=attention_mask,
-                      position_ids=positions, use_cache=True)
-    next_position = positions[:, -1:] + 1  # (B, 1)
+    last, cache = prefill(model, batch)
+    next_position = _position_ids(attention_mask)[:, -1:] + 1  # (B, 1)
     finished = torch.zeros(batch.input_ids.shape[0], dtype=torch.bool, device=batch.input_ids.device)
     tokens, logprobs, masks = [], [], []
     for step in range(max_new_tokens):
-        logp = _tempered_logprobs(model, out.last_hidden_state[:, -1], temperature)  # (B, V)
+        logp = _tempered_logprobs(model, last, temperature)  # (B, V)
         if do_sample:
             token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)  # (B,)
         else:
@@ -204,7 +253,8 @@ def generate(model, processor, batch: PromptBatch, max_new_tokens: int, temperat
         # the cache sees exactly [prompt ; response] under mask prompt ++ response_mask, as in response_logprobs
         attention_mask = torch.cat([attention_mask, alive.long()[:, None]], dim=1)
         out = model.model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position,
-                          cache=out.cache, use_cache=True)
+                          cache=cache, use_cache=True)
+        last, cache = out.last_hidden_state[:, -1], out.cache
         next_position = next_position + 1
     response_ids = torch.stack(tokens, 1)  # (B, R)
     response_mask = torch.stack(masks, 1)  # (B, R)
@@ -245,11 +295,17 @@ def response_distribution(model, batch: PromptBatch, response_ids: torch.Tensor,
     prompt_len = batch.input_ids.shape[1]
     if response_ids.shape[0] != batch.input_ids.shape[0]:
         raise ValueError(f"response_logprobs: {response_ids.shape[0]} responses for {batch.input_ids.shape[0]} prompts")
-    input_ids = torch.cat([batch.input_ids, response_ids], dim=1)  # (B, T + R)
     attention_mask = torch.cat([batch.attention_mask, response_mask.to(batch.attention_mask.dtype)], dim=1)
-    out = model.model(input_ids=input_ids, pixel_values=batch.pixel_values, attention_mask=attention_mask,
-                      position_ids=_position_ids(attention_mask), use_cache=False)
-    hidden = out.last_hidden_state[:, prompt_len - 1 : -1]  # (B, R, H): position t predicts token t + 1
+    positions = _position_ids(attention_mask)  # (B, T + R)
+    if len(prompt_groups(batch)[0]) == len(response_ids):  # no prompt repeats: one forward over [prompt ; response]
+        out = model.model(input_ids=torch.cat([batch.input_ids, response_ids], dim=1), pixel_values=batch.pixel_values,
+                          attention_mask=attention_mask, position_ids=positions, use_cache=False)
+        hidden = out.last_hidden_state[:, prompt_len - 1 : -1]  # (B, R, H): position t predicts token t + 1
+    else:  # each distinct prompt once, then every response on its prompt's cache
+        last, cache = prefill(model, batch)
+        out = model.model(input_ids=response_ids, attention_mask=attention_mask, position_ids=positions[:, prompt_len:],
+                          cache=cache, use_cache=True)
+        hidden = torch.cat([last[:, None], out.last_hidden_state[:, :-1]], dim=1)  # (B, R, H)
     return _tempered_logprobs(model, hidden, temperature), hidden  # (B, R, V), (B, R, H)
 
 

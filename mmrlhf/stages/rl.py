@@ -31,8 +31,8 @@ from mmrlhf.cluster import init_ray, shutdown_ray
 from mmrlhf.config import MODEL_SOURCE, RewardSourceConfig, RunConfig, uses_model
 from mmrlhf.controller import train_loop
 from mmrlhf.learner.rl_group import RLLearnerGroup
-from mmrlhf.metrics import RLMetricsLogger, gold_verdict
-from mmrlhf.models.policy import load_policy
+from mmrlhf.metrics import PhaseTimer, RLMetricsLogger, gold_verdict
+from mmrlhf.models.policy import load_policy, pad_token_id
 from mmrlhf.reward.serve_app import build_reward_app, deploy_reward
 from mmrlhf.reward.sources import load_rule_functions
 from mmrlhf.rollout.prompts import PromptSource
@@ -155,6 +155,7 @@ class RLSystem:
     prompts: PromptSource
     kl_controller: FixedKLController | AdaptiveKLController
     policy_path: str
+    startup: dict[str, float]  # {"time/startup/<part>": seconds}: inputs, serve, learners, rollout_workers
 
 
 @contextlib.contextmanager
@@ -170,13 +171,16 @@ def rl_system(cfg: RunConfig, force: bool = False) -> Iterator[RLSystem]:
         ValueError: a reward source that cannot be imported or called.
     """
     rl, res = cfg.rl, cfg.resources
-    check_cluster_fits(cfg, ray.cluster_resources(), ray.available_resources())
-    sft = str(Path(rl_inputs(cfg, force)).resolve())  # actors run in the cluster's working directory
-    prepare_data(cfg, force=force)
-    pool = load_split(cfg, "feedback")
+    timer = PhaseTimer()
+    with timer("time/startup/inputs"):
+        check_cluster_fits(cfg, ray.cluster_resources(), ray.available_resources())
+        sft = str(Path(rl_inputs(cfg, force)).resolve())  # actors run in the cluster's working directory
+        prepare_data(cfg, force=force)
+        pool = load_split(cfg, "feedback")
     rollout_group = learner_group = None
     try:
-        start_reward_deployment(cfg, reward_sources(cfg), reward_model_version(cfg))
+        with timer("time/startup/serve"):
+            start_reward_deployment(cfg, reward_sources(cfg), reward_model_version(cfg))
         transport = ObjectStoreTransport()
         timeout_s, retries = cfg.reward.score_timeout_s, cfg.reward.score_retries
         rollout_group = RolloutGroup(
@@ -185,14 +189,17 @@ def rl_system(cfg: RunConfig, force: bool = False) -> Iterator[RLSystem]:
                  seed=cfg.seed, temperature=rl.temperature, max_new_tokens=rl.max_new_tokens,
                  max_image_pixels=cfg.data.max_image_pixels, device=_device(res.rollout_gpus)),
             _actor_options(res.rollout_cpus, res.rollout_gpus, res.rollout_resource),
-            load_policy(sft)[1].tokenizer.pad_token_id, transport)
-        learner_group = RLLearnerGroup(rl, sft, res.learner_cpus, res.learner_gpus,
-                                        {res.learner_resource: 1} if res.learner_resource else None, cfg.seed)
+            pad_token_id(sft), transport)
+        with timer("time/startup/learners"):  # the rollout workers start meanwhile
+            learner_group = RLLearnerGroup(rl, sft, res.learner_cpus, res.learner_gpus,
+                                            {res.learner_resource: 1} if res.learner_resource else None, cfg.seed)
+        with timer("time/startup/rollout_workers"):  # what is left of their start once the learners are up
+            rollout_group.versions()
         yield RLSystem(
             rollout_group, learner_group, WeightSync(rollout_group.workers, transport),
             PromptSource(pool, rl.prompts_per_step, cfg.seed),
             AdaptiveKLController(rl.kl_coef, rl.kl_target, 10_000) if rl.kl_target else FixedKLController(rl.kl_coef),
-            sft)
+            sft, timer.seconds)
     finally:
         if learner_group is not None:
             learner_group.shutdown()
@@ -241,8 +248,10 @@ def run_rl(cfg: RunConfig, resume: bool = False, force: bool = False) -> list[di
         truncate_log(log, state["step"] if state else 0)
     owned = not ray.is_initialized()
     local = not os.environ.get("RAY_ADDRESS")
+    ray_start = time.perf_counter()
     if owned:
         init_ray(num_cpus=_local_cpus(cfg) if local else None, include_dashboard=False if local else None)
+    ray_seconds = time.perf_counter() - ray_start
     logger = RLMetricsLogger(cfg.run_dir, cfg.rl.steps, state["step"] if state else 0)  # JSONL, TensorBoard, Ray metrics, plot
     gold_key = f"rollout/reward/{RewardSourceConfig(cfg.data.gold_reward).label}" if cfg.data.gold_reward else None
     try:
@@ -258,7 +267,7 @@ def run_rl(cfg: RunConfig, resume: bool = False, force: bool = False) -> list[di
                     metrics["rollout/gold"] = metrics[gold_key]
                 metrics["step"] = step
                 if not history:  # seconds from the stage's start to its first step: Ray, Serve, actors, DeepSpeed
-                    metrics["time/startup"] = loop_start - started
+                    metrics |= system.startup | {"time/startup": loop_start - started, "time/startup/ray": ray_seconds}
                 history.append(metrics)
                 logger.log(step, metrics)
                 with paths.rl_consumed.open("a") as f:

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from .conftest import run_benchmark
 
 
-def test_rollout_scaling_quick_reports_three_setups(tmp_path):
-    out = tmp_path / "scaling.json"
-    env = {**os.environ, "PYTHONPATH": str(BENCH.parent)}
-    subprocess.run([sys.executable, "rollout_scaling.py", "--quick", "--root", str(tmp_path), "--json", str(out)],
-                   cwd=BENCH, env=env, check=True, timeout=300)
-    result = json.loads(out.read_text())
+def test_rollout_scaling_quick_reports_three_setups(tmp_path, tiny_run_dir):
+    result = run_benchmark("rollout_scaling.py", tmp_path, "--quick", "--run-dir", tiny_run_dir, timeout=300)
     assert [row[0] for row in result["rows"]] == ["1 worker x 1 thread", "1 worker x 2 threads", "2 workers x 1 thread"]
     samples_per_s = [row[3] for row in result["rows"]]
     assert all(math.isfinite(v) and v > 0 for v in samples_per_s)

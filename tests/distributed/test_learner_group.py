@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmrlhf.learner import LearnerGroup, deepspeed_config, shard_batch
+from mmrlhf.learner.worker import block_permutation
 from mmrlhf.sync import WeightSync, load_state_dict_strict, state_dict_hash
 
 # pytest imports this file as `distributed.test_...`, a name Ray workers can't import; ship the
@@ -185,6 +186,23 @@ def test_shard_batch_gives_contiguous_blocks_and_names_bad_key():
         shard_batch({**batch, "z": torch.zeros(5)}, 0, 2)
     with pytest.raises(TypeError, match="'mask'"):
         shard_batch({**batch, "mask": [1, 0, 1, 1]}, 0, 2)
+
+
+def test_block_permutation_shuffles_whole_blocks_and_is_randperm_for_block_one():
+    order = block_permutation(10, 4, torch.Generator().manual_seed(0)).tolist()
+    assert sorted(order) == list(range(10))
+    runs, pos = [], 0
+    while pos < 10:  # walk the order block by block: each run is [4k, 4k+1, ...] up to the block's end
+        start = order[pos]
+        length = min(4, 10 - start)
+        assert start % 4 == 0 and order[pos:pos + length] == list(range(start, start + length))
+        runs.append(start)
+        pos += length
+    assert sorted(runs) == [0, 4, 8]
+    assert torch.equal(block_permutation(7, 1, torch.Generator().manual_seed(5)),
+                       torch.randperm(7, generator=torch.Generator().manual_seed(5)))
+    with pytest.raises(ValueError, match="block=0"):
+        block_permutation(4, 0, torch.Generator())
 
 
 def test_load_state_dict_strict_names_missing_and_mismatched_keys():

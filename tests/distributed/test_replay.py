@@ -64,3 +64,31 @@ def test_bad_use_is_a_clear_error():
         buffer.add({"row_id": torch.zeros(2)})
     with pytest.raises(ValueError, match="row counts differ"):
         buffer.add({**batch(0, 2, 2, 2), "row_id": torch.zeros(3)})
+
+
+def test_block_sampling_draws_whole_aligned_blocks_and_reaches_every_block():
+    buffer = ReplayBuffer(100, PADDING)
+    buffer.add(batch(0, 8, 2, 1))   # rows 0..7: blocks [0..3], [4..7]
+    buffer.add(batch(10, 6, 3, 2))  # ids 10..15: blocks [10..13], [14, 15]
+    drawn = buffer.sample(40, torch.Generator().manual_seed(0), block=4)["row_id"].tolist()
+    assert len(drawn) == 40
+    held = [0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15]
+    blocks = [held[i:i + 4] for i in range(0, len(held), 4)]  # the last block is 2 rows
+    pos = 0
+    seen = set()
+    while pos < len(drawn):  # the draw is a sequence of whole blocks (the last one maybe cut at n)
+        block = next(b for b in blocks if b[0] == drawn[pos])
+        assert drawn[pos:pos + len(block)] == block[:len(drawn) - pos]
+        seen.add(block[0])
+        pos += len(block)
+    assert seen == {b[0] for b in blocks}
+    with pytest.raises(ValueError, match="block=0"):
+        buffer.sample(4, torch.Generator(), block=0)
+
+
+def test_block_sampling_with_block_one_is_plain_row_sampling():
+    buffer = ReplayBuffer(100, PADDING)
+    buffer.add(batch(0, 5, 2, 1))
+    a = buffer.sample(16, torch.Generator().manual_seed(4))
+    b = buffer.sample(16, torch.Generator().manual_seed(4), block=1)
+    assert all(torch.equal(a[k], b[k]) for k in a)

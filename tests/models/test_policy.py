@@ -202,3 +202,9 @@ def test_temperature_must_be_positive(tiny):
     batch = encode_prompts(processor, _images(1), PROMPTS[:1])
     with pytest.raises(ValueError, match="temperature must be > 0"):
         generate(model, processor, batch, 4, temperature=0.0)
+
+
+def test_pad_token_id_from_the_tokenizer_alone_is_the_processors(tiny_dir, tiny):
+    from mmrlhf.models.policy import pad_token_id
+
+    assert pad_token_id(str(tiny_dir)) == tiny[1].tokenizer.pad_token_id

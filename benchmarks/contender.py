@@ -1,0 +1,61 @@
+"""What the contenders of ``benchmarks/vs_trl.py`` share: arguments, prompts, and the result line.
+
+A contender is a script run in a fresh process per measurement (so start-up includes the
+imports) that trains ``--steps`` steps on the run directory's SFT policy and prints one line
+``CONTENDER {json}`` (:func:`emit`): start-up seconds (process launch to the first step's
+start), and per step its wall seconds, phase seconds and generated tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+MARK = "CONTENDER "
+
+
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """The arguments every contender takes (the run directory, the batch shape, the steps)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--run-dir", required=True, help="run directory with an SFT policy (prepared by vs_trl.py)")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--prompts", type=int, default=32, help="prompts per step")
+    parser.add_argument("--samples", type=int, default=4, help="samples per prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (one-process contenders)")
+    parser.add_argument("--scratch", type=Path, required=True, help="a folder the contender may write")
+    parser.add_argument("--launched-at", type=float, default=None, help="epoch seconds the driver launched us")
+    parser.add_argument("--set", nargs="*", default=[], help="key=value config overrides (the project's loop)")
+    return parser
+
+
+def prompt_batches(args: argparse.Namespace):
+    """``(cfg, tables)``: the run's config and the ``--steps`` prompt batches (pyarrow tables of
+    ``--prompts`` rows) that :class:`mmrlhf.rollout.prompts.PromptSource` hands the RL stage, in order."""
+    import pyarrow as pa
+
+    from mmrlhf.config import load_config
+    from mmrlhf.rollout.prompts import PromptSource
+    from mmrlhf.stages.data import load_split
+
+    cfg = load_config(Path(args.run_dir) / "config.yaml", [f"run_dir={args.run_dir}"])
+    source = PromptSource(load_split(cfg, "feedback"), args.prompts, cfg.seed)
+    return cfg, [pa.Table.from_pylist(source.next_batch()) for _ in range(args.steps)]
+
+
+def emit(launched: float, first_step_start: float, steps: list[dict[str, Any]], completions: int,
+         startup_parts: dict[str, float] | None = None) -> None:
+    """Print the result line: ``startup_s``, ``completions`` per step, the per-step metrics and
+    the start-up's parts (seconds) where the contender knows them."""
+    print(MARK + json.dumps({"startup_s": first_step_start - launched, "completions": completions, "steps": steps,
+                             "startup_parts": startup_parts or {}}), flush=True)
+
+
+def parse(output: str) -> dict[str, Any]:
+    """The result of a contender's output (the last ``CONTENDER`` line). Raises ValueError if none."""
+    lines = [line for line in output.splitlines() if line.startswith(MARK)]
+    if not lines:
+        raise ValueError("contender printed no result line; its output ends with:\n" + output[-2000:])
+    return json.loads(lines[-1][len(MARK):])

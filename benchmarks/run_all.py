@@ -1,0 +1,65 @@
+"""Run the CPU benchmark set and write ``benchmarks/RESULTS.md``: every table with its command and machine.
+
+Each script runs in its own process with ``--json`` and the same run directory: ``--run-dir``
+or, by default, one built here from the default job's presets (``jobs/digits.yaml``, the
+``small`` policy) with short SFT and reward training, since throughput does not depend on how
+well the policy reads digits. The tables are measured side by side within each script; the
+scripts run one after another, so compare ratios, not figures across tables.
+
+    python benchmarks/run_all.py [--run-dir runs/digits] [--out benchmarks/RESULTS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import common
+from rundir import prepared_run
+
+HERE = Path(__file__).resolve().parent
+QUICK_TRAINING = ["sft.epochs=2", "sft.vision_warmup_epochs=1", "feedback.n_prompts=32", "reward.epochs=1",
+                  "reward.clip_epochs=1"]
+SCRIPTS = {  # script: its arguments beyond --run-dir and --json
+    "vs_trl.py": ["--rounds", "3"],
+    "rollout_scaling.py": ["--rounds", "5"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", default=None, help="run directory with an SFT policy and a reward model")
+    parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    parser.add_argument("--only", nargs="*", default=None, help="scripts to run (default: all)")
+    args = parser.parse_args()
+    sections = []
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = args.run_dir
+        if run_dir is None:
+            run_dir = str(Path(tmp) / "run")
+            prepared_run(None, Path(run_dir), str(HERE.parent / "jobs" / "digits.yaml"), QUICK_TRAINING)
+        for script, extra in SCRIPTS.items():
+            if args.only and script not in args.only:
+                continue
+            out = Path(tmp) / f"{script}.json"
+            command = [sys.executable, script, "--run-dir", run_dir, *extra, "--json", str(out)]
+            start = time.perf_counter()
+            subprocess.run(command, cwd=HERE, check=True)
+            result = json.loads(out.read_text())
+            shown = " ".join(["python", f"benchmarks/{script}", "--run-dir", "RUN", *extra])
+            sections.append(f"{result['markdown']}\ncommand: `{shown}` ({time.perf_counter() - start:.0f} s)\n")
+    Path(args.out).write_text("\n".join([
+        "# Benchmark results", "",
+        f"Written by `python benchmarks/run_all.py` on {time.strftime('%Y-%m-%d')}; RUN is a run directory of the "
+        "default job's presets (see the script). Ratios are measured side by side within each table.", "",
+        f"machine: {common.machine()}", "", *sections]))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

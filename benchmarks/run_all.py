@@ -6,7 +6,9 @@ or, by default, one built here from the default job's presets (``jobs/digits.yam
 well the policy reads digits. The tables are measured side by side within each script; the
 scripts run one after another, so compare ratios, not figures across tables.
 
-    python benchmarks/run_all.py [--run-dir runs/digits] [--out benchmarks/RESULTS.md]
+    python benchmarks/run_all.py [--run-dir runs/digits] [--out benchmarks/RESULTS.md] [--only vs_trl.py ...]
+
+With ``--only`` the other scripts' sections of an existing RESULTS.md are kept as they are.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import common
 from rundir import prepared_run
 
 HERE = Path(__file__).resolve().parent
 QUICK_TRAINING = ["sft.epochs=2", "sft.vision_warmup_epochs=1", "feedback.n_prompts=32", "reward.epochs=1",
                   "reward.clip_epochs=1"]
+MARK = "<!-- benchmarks/{} -->"
 SCRIPTS = {  # script: its arguments beyond --run-dir and --json
     "vs_trl.py": ["--rounds", "3"],
     "rollout_scaling.py": ["--rounds", "5"],
@@ -37,7 +39,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
     parser.add_argument("--only", nargs="*", default=None, help="scripts to run (default: all)")
     args = parser.parse_args()
-    sections = []
+    sections = {script: text for script, text in kept_sections(Path(args.out)).items() if script in SCRIPTS}
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = args.run_dir
         if run_dir is None:
@@ -52,13 +54,22 @@ def main() -> None:
             subprocess.run(command, cwd=HERE, check=True)
             result = json.loads(out.read_text())
             shown = " ".join(["python", f"benchmarks/{script}", "--run-dir", "RUN", *extra])
-            sections.append(f"{result['markdown']}\ncommand: `{shown}` ({time.perf_counter() - start:.0f} s)\n")
+            sections[script] = (f"{MARK.format(script)}\n{result['markdown']}\ncommand: `{shown}` "
+                                f"({time.perf_counter() - start:.0f} s, {time.strftime('%Y-%m-%d')})\n")
     Path(args.out).write_text("\n".join([
         "# Benchmark results", "",
-        f"Written by `python benchmarks/run_all.py` on {time.strftime('%Y-%m-%d')}; RUN is a run directory of the "
-        "default job's presets (see the script). Ratios are measured side by side within each table.", "",
-        f"machine: {common.machine()}", "", *sections]))
+        "Written by `python benchmarks/run_all.py`; RUN is a run directory of the default job's presets (see the "
+        "script). Ratios are measured side by side within each table; each table names its machine.", "",
+        *sections.values()]))
     print(f"wrote {args.out}")
+
+
+def kept_sections(path: Path) -> dict[str, str]:
+    """The sections of an existing RESULTS.md by script, in order (a ``--only`` run replaces its own)."""
+    if not path.exists():
+        return {}
+    parts = path.read_text().split("<!-- benchmarks/")[1:]
+    return {part.split(" -->", 1)[0]: "<!-- benchmarks/" + part for part in parts}
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ scripts run one after another, so compare ratios, not figures across tables.
 
     python benchmarks/run_all.py [--run-dir runs/digits] [--out benchmarks/RESULTS.md] [--only vs_trl.py ...]
 
-With ``--only`` the other scripts' sections of an existing RESULTS.md are kept as they are.
+With ``--only`` the other scripts' sections of an existing RESULTS.md are kept as they are, and so
+is everything below its notes mark (the analysis of missed targets, written by people).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 QUICK_TRAINING = ["sft.epochs=2", "sft.vision_warmup_epochs=1", "feedback.n_prompts=32", "reward.epochs=1",
                   "reward.clip_epochs=1"]
 MARK = "<!-- benchmarks/{} -->"
+NOTES = "<!-- notes: written by people, kept by run_all.py -->"
 SCRIPTS = {  # script: its arguments beyond --run-dir and --json
     "vs_trl.py": ["--rounds", "3"],
     "rollout_scaling.py": ["--rounds", "5"],
@@ -60,7 +62,7 @@ def main() -> None:
         "# Benchmark results", "",
         "Written by `python benchmarks/run_all.py`; RUN is a run directory of the default job's presets (see the "
         "script). Ratios are measured side by side within each table; each table names its machine.", "",
-        *sections.values()]))
+        *sections.values(), NOTES + kept_notes(Path(args.out))]))
     print(f"wrote {args.out}")
 
 
@@ -68,8 +70,14 @@ def kept_sections(path: Path) -> dict[str, str]:
     """The sections of an existing RESULTS.md by script, in order (a ``--only`` run replaces its own)."""
     if not path.exists():
         return {}
-    parts = path.read_text().split("<!-- benchmarks/")[1:]
+    parts = path.read_text().split(NOTES)[0].split("<!-- benchmarks/")[1:]
     return {part.split(" -->", 1)[0]: "<!-- benchmarks/" + part for part in parts}
+
+
+def kept_notes(path: Path) -> str:
+    """What people wrote below the ``NOTES`` mark of an existing RESULTS.md (kept as it is)."""
+    text = path.read_text() if path.exists() else ""
+    return text.split(NOTES, 1)[1] if NOTES in text else "\n## Targets missed: where the time goes\n"
 
 
 if __name__ == "__main__":

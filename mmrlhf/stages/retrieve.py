@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmrlhf.algorithms.retrieval import RECALL_KS, recall_at_k, text_relevance
+from mmrlhf.algorithms.retrieval import RECALL_KS, chance_recall_at_k, recall_at_k, text_relevance
 from mmrlhf.config import RunConfig
 from mmrlhf.data.media import ImageDecodeError, decode_image
 from mmrlhf.data.schema import record_references
@@ -58,21 +58,26 @@ def embed_split(scorer: RewardScorer, ids: list[str], images: list[np.ndarray],
     return SplitEmbedding(ids, image_texts, scorer.embed_images(images), texts, scorer.embed_texts(texts))
 
 
-def retrieval_metrics(split: SplitEmbedding, ks: tuple[int, ...] = RECALL_KS) -> dict[str, float]:
+def retrieval_metrics(split: SplitEmbedding, ks: tuple[int, ...] = RECALL_KS, chance: bool = False) -> dict[str, float]:
     """Recall@k (0-1) of both directions over a split:
 
     ``t2i_recall@k``: each distinct text queries the N images; a hit is an image whose record has
     that text among its references. ``i2t_recall@k``: each labeled image queries the T distinct
     texts; a hit is any of its record's references. Ties count against the query
     (:func:`mmrlhf.algorithms.retrieval.recall_at_k`). An empty dict when the split has no text.
+    ``chance``: the same keys for a uniformly random ranking instead (expected values,
+    :func:`mmrlhf.algorithms.retrieval.chance_recall_at_k`); the embeddings play no part.
     """
     if not split.texts:
         return {}
     labeled = [i for i, refs in enumerate(split.image_texts) if refs]
-    similarity = split.text_emb @ split.image_emb.T  # (T, N) cosines
-    t2i = recall_at_k(similarity, text_relevance([[t] for t in split.texts], split.image_texts), ks)
-    i2t = recall_at_k(similarity.T[labeled], text_relevance([split.image_texts[i] for i in labeled],
-                                                             [[t] for t in split.texts]), ks)
+    t2i_relevant = text_relevance([[t] for t in split.texts], split.image_texts)  # (T, N)
+    i2t_relevant = text_relevance([split.image_texts[i] for i in labeled], [[t] for t in split.texts])  # (N', T)
+    if chance:
+        t2i, i2t = chance_recall_at_k(t2i_relevant, ks), chance_recall_at_k(i2t_relevant, ks)
+    else:
+        similarity = split.text_emb @ split.image_emb.T  # (T, N) cosines
+        t2i, i2t = recall_at_k(similarity, t2i_relevant, ks), recall_at_k(similarity.T[labeled], i2t_relevant, ks)
     return {**{f"t2i_recall@{k}": v for k, v in t2i.items()}, **{f"i2t_recall@{k}": v for k, v in i2t.items()}}
 
 

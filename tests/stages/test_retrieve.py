@@ -112,6 +112,10 @@ def test_retrieval_metrics_query_each_direction_and_count_shared_texts_as_hits()
                        # image queries (the unlabeled image 3 is none): 0 and 2 rank "seven" first, 1 ranks
                        # "four one" first; each one's own text comes second
                        "i2t_recall@1": 0.0, "i2t_recall@2": 1.0}
+    # a random ranking: "four one" has 2 of 4 images, "seven" 1; each image query 1 of 2 texts
+    assert retrieval_metrics(split, ks=(1, 2), chance=True) == pytest.approx(
+        {"t2i_recall@1": (2 / 4 + 1 / 4) / 2, "t2i_recall@2": ((1 - 1 / 6) + 1 / 2) / 2,
+         "i2t_recall@1": 0.5, "i2t_recall@2": 1.0})
 
 
 def test_eval_reports_recall_at_k_of_both_directions(reward_run, tmp_path, capsys):

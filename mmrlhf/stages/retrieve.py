@@ -30,7 +30,6 @@ from mmrlhf.stages.data import SPLITS, decode_images, load_split, prepare_data
 from mmrlhf.stages.lineage import REWARD, check_current
 
 TEXT_TO_IMAGE, IMAGE_TO_TEXT = "text_to_image", "image_to_text"
-MODELS = ("trained", "untrained")
 
 
 @dataclass

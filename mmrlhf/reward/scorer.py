@@ -59,9 +59,11 @@ class RewardScorer:
 
         Raises ValueError naming the index of a non-uint8 or badly shaped image.
         """
-        parts = [self.model.clip.encode_image(self.preprocess(images[i:i + batch_size]).to(self.device), normalize=True)
-                 for i in range(0, len(images), batch_size)]
-        return torch.cat(parts).float().cpu() if parts else torch.zeros(0, self.embed_dim)
+        if not images:
+            return torch.zeros(0, self.embed_dim)
+        pixels = self.preprocess(images)  # (N, 3, S, S), all first so an error names the image's own index
+        return torch.cat([self.model.clip.encode_image(pixels[i:i + batch_size].to(self.device), normalize=True)
+                          for i in range(0, len(images), batch_size)]).float().cpu()
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str], batch_size: int = EMBED_BATCH) -> torch.Tensor:

@@ -109,6 +109,8 @@ def test_split_embeddings_are_unit_length_and_the_same_in_any_batch_size(tiny_di
     torch.testing.assert_close(scorer.embed_images(images, batch_size=2), image_emb, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(scorer.embed_texts(texts, batch_size=3), text_emb, rtol=1e-5, atol=1e-5)
     assert scorer.embed_images([]).shape == (0, scorer.embed_dim)
+    with pytest.raises(ValueError, match="image 3: dtype is float64"):  # its index in the whole list, not the batch
+        scorer.embed_images([*images[:3], np.zeros((64, 64))], batch_size=2)
 
 
 def test_scorer_names_the_bad_image(tiny_dir):

@@ -118,6 +118,14 @@ def _eval_human(cfg: RunConfig, args: argparse.Namespace) -> None:
     print_human_eval(human_eval_report(cfg))
 
 
+def _retrieve(cfg: RunConfig, args: argparse.Namespace) -> None:
+    from mmrlhf.stages.retrieve import format_retrieval, run_retrieve
+
+    rows = run_retrieve(cfg, query=args.query, image=args.image, split=args.split, k=args.k, model=args.model,
+                        out=args.out, force=args.force)
+    print(format_retrieval(rows))
+
+
 def _train(cfg: RunConfig, args: argparse.Namespace) -> None:
     from mmrlhf.stages.train import run_train
 
@@ -201,6 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default="sft", help="with --human: the policy compared against (default sft)")
     p.add_argument("--report", action="store_true", help="with --human: only report the answers so far")
     _add_page_args(p)
+
+    p = _stage_parser(sub, "retrieve", "retrieve", _retrieve)
+    query = p.add_mutually_exclusive_group(required=True)
+    query.add_argument("--query", help="text -> images: the text whose closest images to list")
+    query.add_argument("--image", help="image -> texts: an image file whose closest texts of the split to list")
+    p.add_argument("--split", default="test", help="the data split searched: sft, feedback, val or test (default test)")
+    p.add_argument("--k", type=int, default=5, help="how many results (default 5)")
+    p.add_argument("--model", default="trained", help="the joint embedding: 'trained' (reward/model), 'untrained' "
+                   "(model.reward before training) or a reward model folder (default trained)")
+    p.add_argument("--out", help="the JSONL file written (default <run_dir>/retrieve/results.jsonl)")
     return parser
 
 

@@ -64,10 +64,15 @@ COMMANDS = {
         ("data", "rl", "reward", "resources"),
         "the last complete checkpoint in <run_dir>/rl/checkpoints is kept: `{command} --resume` continues from it"),
     "eval": CommandHelp(
-        "eval", "held-out exact match, BLEU, ROUGE-L, CIDEr, reward and gold score",
+        "eval", "held-out exact match, BLEU, ROUGE-L, CIDEr, reward and gold score, retrieval recall@K",
         "<run_dir>/data/<eval.split>.parquet, the --policy, reward/model when trained",
         "<run_dir>/eval/<policy>/{metrics.json,samples.parquet,samples.csv,review.html,images/,lineage.json}",
         ("data", "eval")),
+    "retrieve": CommandHelp(
+        "retrieve", "cross-modal retrieval with the reward model's joint embedding: a text's top-k images "
+        "or an image's top-k texts in a data split, by cosine",
+        "<run_dir>/data/<split>.parquet, reward/model (or the untrained model.reward), the --image file",
+        "<run_dir>/retrieve/results.jsonl (or --out)", ("data", "model")),
     "train": CommandHelp(
         "train", "the whole recipe: data, sft, feedback, reward, rl, eval",
         "what each stage reads (see `mmrlhf <stage> --help`)",

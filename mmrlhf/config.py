@@ -26,6 +26,8 @@ RAY_PREDEFINED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
 # keeps the two lists equal; named here so loading a config does not import torch)
 ADVANTAGE_ESTIMATORS = ("gae", "grpo", "dr_grpo", "rloo", "reinforce_pp")
 MODEL_SOURCE = "model"  # the run's learned reward model, <run_dir>/reward/model
+CLIPSCORE_SOURCE = "clipscore"  # zero-shot CLIPScore from that model's joint embedding, without its head
+WEIGHTS_SOURCES = (MODEL_SOURCE, CLIPSCORE_SOURCE)  # the sources that load <run_dir>/reward/model
 TOTAL = "total"  # the key of the weighted sum among the per-source scores
 REWARD_VERSION = "reward_version"  # the key of the scoring weights' version per item in a Serve reply
 FUNCTION_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")  # package.module:function
@@ -173,8 +175,9 @@ class FeedbackConfig:
 class RewardSourceConfig:
     """One reward source (:mod:`mmrlhf.reward.sources`) and its weight in the total reward.
 
-    ``name``: ``"model"`` (the run's learned reward model) or a rule function by import path,
-    ``"package.module:function"``. ``weight``: its factor in the sum; 0 computes and logs the
+    ``name``: ``"model"`` (the run's learned reward model), ``"clipscore"`` (CLIPScore, Hessel
+    et al. 2021: 2.5 * max(cos, 0) of that model's joint embedding, no learned head) or a rule
+    function by import path, ``"package.module:function"``. ``weight``: its factor in the sum; 0 computes and logs the
     source without training on it.
     """
 
@@ -183,19 +186,20 @@ class RewardSourceConfig:
 
     @property
     def label(self) -> str:
-        """Short metric-safe name (``rollout/reward/<label>``): ``model`` or the function's name."""
+        """Short metric-safe name (``rollout/reward/<label>``): ``model``, ``clipscore`` or the function's name."""
         return self.name.rsplit(":", 1)[-1]
 
 
 def check_reward_sources(sources: list[RewardSourceConfig], key: str = "reward.sources") -> None:
     """Raise a one-line :class:`ConfigError` naming ``<key>[i].name`` or ``.weight`` unless
-    ``sources`` is a non-empty list of well-formed names (``model`` or ``a.b:c``) with distinct
+    ``sources`` is a non-empty list of well-formed names (``model``, ``clipscore`` or ``a.b:c``) with distinct
     labels and finite weights, not all zero."""
     _check(len(sources) > 0, key, "a non-empty list of {name, weight}, e.g. [{name: model, weight: 1.0}]", sources)
     seen: dict[str, int] = {}
     for i, source in enumerate(sources):
-        _check(source.name == MODEL_SOURCE or bool(FUNCTION_PATH.fullmatch(source.name)), f"{key}[{i}].name",
-               f"{MODEL_SOURCE!r} or a function by import path 'package.module:function'", source.name)
+        _check(source.name in WEIGHTS_SOURCES or bool(FUNCTION_PATH.fullmatch(source.name)), f"{key}[{i}].name",
+               f"{MODEL_SOURCE!r}, {CLIPSCORE_SOURCE!r} or a function by import path 'package.module:function'",
+               source.name)
         _check(math.isfinite(source.weight), f"{key}[{i}].weight", "a finite number", source.weight)
         _check(source.label not in (TOTAL, REWARD_VERSION), f"{key}[{i}].name",
                f"a function not named {TOTAL!r} or {REWARD_VERSION!r} (keys of the reward reply)", source.name)
@@ -207,8 +211,8 @@ def check_reward_sources(sources: list[RewardSourceConfig], key: str = "reward.s
 
 
 def uses_model(sources: list[RewardSourceConfig]) -> bool:
-    """Whether the learned reward model is one of ``sources``."""
-    return any(source.name == MODEL_SOURCE for source in sources)
+    """Whether one of ``sources`` needs the run's reward model (``model`` or ``clipscore``)."""
+    return any(source.name in WEIGHTS_SOURCES for source in sources)
 
 
 @dataclass

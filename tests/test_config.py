@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from mmrlhf.cli import build_parser
-from mmrlhf.config import ConfigError, RewardSourceConfig, RunConfig, load_config
+from mmrlhf.config import ConfigError, RewardSourceConfig, RunConfig, load_config, uses_model
 
 JOBS = sorted(Path(__file__).resolve().parents[1].joinpath("jobs").glob("*.yaml"))
 JOB_CONFIGS = [p for p in JOBS if p.name != "runtime_env.yaml"]
@@ -31,6 +31,13 @@ def test_reward_sources_default_to_the_model_and_are_set_by_one_dotted_override(
     assert cfg.reward.sources == [RewardSourceConfig("mmrlhf.data.digits:gold_reward", 1.0),
                                   RewardSourceConfig("model", 0.0)]
     assert [s.label for s in cfg.reward.sources] == ["gold_reward", "model"]
+
+
+def test_clipscore_is_a_source_that_needs_the_reward_models_weights():
+    cfg = load_config(None, ["reward.sources=[{name: clipscore, weight: 1.0}]"])
+    assert cfg.reward.sources == [RewardSourceConfig("clipscore", 1.0)] and cfg.reward.sources[0].label == "clipscore"
+    assert uses_model(cfg.reward.sources)
+    assert not uses_model([RewardSourceConfig("mmrlhf.data.digits:gold_reward", 1.0)])
 
 
 @pytest.mark.parametrize("path", JOB_CONFIGS, ids=lambda p: p.name)

@@ -31,6 +31,17 @@ from mmrlhf.models.policy import as_rgb_uint8
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "mmrlhf-reward-model"
+CLIPSCORE_W = 2.5  # Hessel et al. 2021, section 3: rescales cosines of ViT-B/32 CLIP to roughly [0, 1]
+
+
+def clip_score(image_emb: torch.Tensor, text_emb: torch.Tensor, w: float = CLIPSCORE_W) -> torch.Tensor:
+    """CLIPScore (Hessel et al. 2021, eq. 1): ``w * max(cos(e_img, e_txt), 0)``, no learned head.
+
+    image_emb, text_emb: (B, E), L2-normalised, so their row-wise dot product is the cosine.
+    Returns (B,) in [0, w].
+    """
+    return w * (image_emb * text_emb).sum(-1).clamp(min=0)
+
 
 def register_clip_config(name: str, config: dict) -> None:
     """Make `name` an open_clip model name for `config` (keys `embed_dim`, `vision_cfg`, `text_cfg`).

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmrlhf.models.reward import RewardModel, read_config
+from mmrlhf.models.reward import RewardModel, clip_score, read_config
+
+EMBED_BATCH = 64  # items per forward pass of one tower when embedding a whole split
 
 
 class RewardScorer:
@@ -50,6 +52,40 @@ class RewardScorer:
         pixel_values = self.preprocess(images).to(self.device)
         tokens = self.tokenize(texts).to(self.device)
         return self.model(pixel_values, tokens).float().cpu().numpy()
+
+    @torch.no_grad()
+    def embed_images(self, images: list[np.ndarray], batch_size: int = EMBED_BATCH) -> torch.Tensor:
+        """The joint embedding of images: uint8 (H, W) or (H, W, 3) -> (N, E) float32 on CPU, L2-normalised.
+
+        Raises ValueError naming the index of a non-uint8 or badly shaped image.
+        """
+        if not images:
+            return torch.zeros(0, self.embed_dim)
+        pixels = self.preprocess(images)  # (N, 3, S, S), all first so an error names the image's own index
+        return torch.cat([self.model.clip.encode_image(pixels[i:i + batch_size].to(self.device), normalize=True)
+                          for i in range(0, len(images), batch_size)]).float().cpu()
+
+    @torch.no_grad()
+    def embed_texts(self, texts: list[str], batch_size: int = EMBED_BATCH) -> torch.Tensor:
+        """The joint embedding of texts -> (N, E) float32 on CPU, L2-normalised (cut to the context length)."""
+        parts = [self.model.clip.encode_text(self.tokenize(texts[i:i + batch_size]).to(self.device), normalize=True)
+                 for i in range(0, len(texts), batch_size)]
+        return torch.cat(parts).float().cpu() if parts else torch.zeros(0, self.embed_dim)
+
+    @property
+    def embed_dim(self) -> int:
+        """E, the width of the joint embedding."""
+        return int(self.model.mlp[0].in_features)
+
+    def clip_score(self, images: list[np.ndarray], texts: list[str]) -> np.ndarray:
+        """Zero-shot CLIPScore of each (image, text) pair from the joint embedding, without the
+        head (:func:`mmrlhf.models.reward.clip_score`) -> float32 (B,) in [0, 2.5].
+
+        Raises ValueError if the lists differ in length or an image is not uint8 (H, W[, 3]).
+        """
+        if len(images) != len(texts):
+            raise ValueError(f"RewardScorer.clip_score: {len(images)} images but {len(texts)} texts")
+        return clip_score(self.embed_images(images), self.embed_texts(texts)).numpy()
 
     def load_weights(self, model_dir: str | Path) -> None:
         """Swap in the weights saved in `model_dir` in place (same architecture; safetensors only).

@@ -3,7 +3,8 @@
 One class, `RewardDeployment` (Ray Serve docs: "Dynamic Request Batching", "In-place updates
 through user_config", "Custom health checks", "FastAPI HTTP deployments"):
 - it scores every item with every source of `reward.sources`: the learned reward model (a
-  scorer, `RewardScorer` by default) and/or rule functions by import path, which each replica
+  scorer, `RewardScorer` by default), CLIPScore from the same scorer's joint embedding, and/or
+  rule functions by import path, which each replica
   imports when it starts (a bad one fails the deployment; `build_reward_app` checks them first);
 - rollout workers call `handle.score.remote(images, texts, references, prompts)` through a
   `DeploymentHandle` and get {source label: float32 (B,), "total": float32 (B,),
@@ -49,7 +50,7 @@ from ray import cloudpickle, serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from mmrlhf.config import MODEL_SOURCE, REWARD_VERSION, TOTAL, RewardSourceConfig, uses_model
+from mmrlhf.config import CLIPSCORE_SOURCE, MODEL_SOURCE, REWARD_VERSION, TOTAL, RewardSourceConfig, uses_model
 from mmrlhf.reward.sources import RewardSources, Scorer, check_batch, load_rule_functions
 
 FAULTS = ("none", "fail", "hang")
@@ -191,13 +192,13 @@ class RewardDeployment:
         without a learned-model source there are none ({"version": int} only).
 
         Async, so it runs on the replica's event loop between batches and a batch never sees
-        half-swapped weights. Raises ValueError when "weights_dir" is missing while the learned
-        model is a source, or given while it is not.
+        half-swapped weights. Raises ValueError when "weights_dir" is missing while a source uses
+        the learned model (`model`, `clipscore`), or given while none does.
         """
         if self._sources.needs_model != ("weights_dir" in user_config):
             raise ValueError(
                 f"RewardDeployment.reconfigure: user_config {user_config!r} must have a 'weights_dir' "
-                f"exactly when a source is the learned model (sources: {self._sources.labels})"
+                f"exactly when a source uses the learned model's weights (sources: {self._sources.labels})"
             )
         if self._sources.needs_model and self._sources.scorer is None:
             self._sources.scorer = self._scorer_factory(user_config)
@@ -339,7 +340,7 @@ def build_reward_app(
     if uses_model(sources) != (weights_dir is not None):
         raise ValueError(f"build_reward_app: weights_dir={weights_dir!r} with sources "
                          f"{[s.name for s in sources]}: the learned model's weights are needed exactly "
-                         f"when a source is {MODEL_SOURCE!r}")
+                         f"when a source is {MODEL_SOURCE!r} or {CLIPSCORE_SOURCE!r}")
     if max_batch_size < 1:
         raise ValueError(f"build_reward_app: max_batch_size={max_batch_size}, must be >= 1")
     max_ongoing_requests = max_ongoing_requests or 2 * max_batch_size

@@ -1,10 +1,12 @@
-"""Reward sources: the learned reward model and rule (verifiable) functions, and their weighted sum.
+"""Reward sources: the learned reward model, CLIPScore and rule (verifiable) functions, and their weighted sum.
 
 Plain Python, no Ray: the Serve deployment (``serve_app.py``) wraps :class:`RewardSources`.
 ``reward.sources`` (:class:`mmrlhf.config.RewardSourceConfig`) names each source and its weight:
 
 - ``model``: the run's learned reward model, a :class:`Scorer` (``RewardScorer``) over
   (image, text) pairs;
+- ``clipscore``: zero-shot CLIPScore (Hessel et al. 2021), ``2.5 * max(cos, 0)`` of the same
+  model's joint embedding (its CLIP towers), without the learned head; needs no reference;
 - ``package.module:function``: a rule function, imported by that path, with the signature::
 
       fn(responses: list[str], references: list[str | None], prompts: list[str]) -> Sequence[float]
@@ -36,7 +38,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from mmrlhf.config import MODEL_SOURCE, TOTAL, RewardSourceConfig, check_reward_sources
+from mmrlhf.config import CLIPSCORE_SOURCE, MODEL_SOURCE, TOTAL, WEIGHTS_SOURCES, RewardSourceConfig, check_reward_sources
 
 RuleFunction = Callable[[list[str], list[Any], list[str]], Sequence[float]]
 _repr = reprlib.Repr()  # keyword arguments only from Python 3.12
@@ -49,10 +51,13 @@ class Scorer(Protocol):
     """The learned reward model as a source needs it (``mmrlhf.reward.scorer.RewardScorer`` has it).
 
     score: images, each uint8 (H, W) or (H, W, 3), and as many texts -> float32 (B,) scores.
+    clip_score: the same -> float32 (B,) CLIPScores; called only for a ``clipscore`` source.
     load_weights: replace the weights in place from a directory.
     """
 
     def score(self, images: list[np.ndarray], texts: list[str]) -> np.ndarray: ...
+
+    def clip_score(self, images: list[np.ndarray], texts: list[str]) -> np.ndarray: ...
 
     def load_weights(self, weights_dir: str) -> None: ...
 
@@ -82,13 +87,13 @@ def load_function(name: str) -> RuleFunction:
 
 
 def load_rule_functions(sources: Sequence[RewardSourceConfig]) -> dict[str, RuleFunction]:
-    """{label: function} of the rule functions among ``sources`` (the ``model`` source left out).
+    """{label: function} of the rule functions among ``sources`` (``model`` and ``clipscore`` left out).
 
     Raises mmrlhf.config.ConfigError (a ValueError) for a malformed list (see
     ``check_reward_sources``), ValueError from :func:`load_function`.
     """
     check_reward_sources(list(sources))
-    return {s.label: load_function(s.name) for s in sources if s.name != MODEL_SOURCE}
+    return {s.label: load_function(s.name) for s in sources if s.name not in WEIGHTS_SOURCES}
 
 
 def check_batch(n_images: int, texts: list[str], references: list[Any], prompts: list[str], where: str) -> None:
@@ -135,7 +140,7 @@ class RewardSources:
 
     Args:
         sources: names and weights; the rule functions are imported here.
-        scorer: the learned reward model, needed when a source is ``model`` (it may be set
+        scorer: the learned reward model, needed when a source is ``model`` or ``clipscore`` (it may be set
             later, e.g. when a Serve replica gets its weights: ``sources.scorer = ...``).
 
     Raises:
@@ -154,8 +159,8 @@ class RewardSources:
 
     @property
     def needs_model(self) -> bool:
-        """Whether a source is the learned reward model."""
-        return MODEL_SOURCE in (s.name for s in self.sources)
+        """Whether a source needs the learned reward model's weights (``model`` or ``clipscore``)."""
+        return any(s.name in WEIGHTS_SOURCES for s in self.sources)
 
     def score(self, images: list[np.ndarray], texts: list[str], references: list[str | None],
               prompts: list[str]) -> dict[str, np.ndarray]:
@@ -169,12 +174,12 @@ class RewardSources:
         Raises:
             ValueError: lists of different lengths or types; a source that raises or returns
                 something else than B real numbers (names it, see :func:`as_scores`).
-            RuntimeError: a ``model`` source and no scorer set.
+            RuntimeError: a ``model`` or ``clipscore`` source and no scorer set.
         """
         n = len(images)
         check_batch(n, texts, references, prompts, "RewardSources.score")
         if self.needs_model and self.scorer is None:
-            raise RuntimeError("RewardSources: a source is the learned reward model but no scorer is loaded")
+            raise RuntimeError("RewardSources: a source needs the learned reward model but no scorer is loaded")
         scores = {s.label: self._score_one(s, images, list(texts), list(references), list(prompts), n)
                   for s in self.sources}
         total = np.zeros(n)
@@ -191,6 +196,8 @@ class RewardSources:
         try:
             if source.name == MODEL_SOURCE:
                 result = self.scorer.score(images, texts)
+            elif source.name == CLIPSCORE_SOURCE:
+                result = self.scorer.clip_score(images, texts)
             else:
                 result = self._functions[source.label](texts, references, prompts)
         except Exception as err:  # the user's code: re-raised naming it, the batch and the cause

@@ -33,6 +33,7 @@ class RunPaths:
         self.rl_metrics = self.root / "rl" / "metrics.jsonl"
         self.rl_consumed = self.root / "rl" / "consumed.jsonl"  # (step, prompt, sample) of each row
         self.rl_checkpoints = self.root / "rl" / "checkpoints"
+        self.retrieve = self.root / "retrieve" / "results.jsonl"  # the latest `mmrlhf retrieve`
 
     def split(self, name: str) -> Path:
         """The Parquet file of one data split (``sft``, ``feedback``, ``val``, ``test``)."""

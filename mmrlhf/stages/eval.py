@@ -1,4 +1,5 @@
-"""Stage 6, eval: held-out exact match, BLEU, ROUGE-L, CIDEr, reward-model score and gold score.
+"""Stage 6, eval: held-out exact match, BLEU, ROUGE-L, CIDEr, reward-model score, gold score and
+the reward model's cross-modal retrieval recall@K (:mod:`mmrlhf.stages.retrieve`).
 
 The text metrics use every reference of a record (:mod:`mmrlhf.stages.text_metrics`); the
 gold score comes from ``mmrlhf.data.digits``, only for the digits task
@@ -29,6 +30,7 @@ from mmrlhf.stages.common import RunPaths, atomic_dir, policy_path, write_json
 from mmrlhf.stages.fit import warn_truncation
 from mmrlhf.stages.lineage import LINEAGE_FILE, check_current, eval_stage, lineage_of
 from mmrlhf.stages.data import decode_images, load_split, prepare_data
+from mmrlhf.stages.retrieve import embed_split, retrieval_metrics
 from mmrlhf.stages.review import image_paths, write_review
 from mmrlhf.stages.text_metrics import text_metrics
 from mmrlhf.stats import SMALL_SAMPLE, interval_keys, mean_interval, small_sample_warning
@@ -51,6 +53,9 @@ def run_eval(cfg: RunConfig, policy: str = "sft", force: bool = False) -> dict[s
     Writes ``<run_dir>/eval/<label>/{metrics.json,samples.parquet,samples.csv,lineage.json}`` and returns
     the metrics: ``exact_match``, ``bleu``, ``rouge_l`` (percent), ``cider``, ``gold`` (mean gold score,
     0–1, digits task only), ``reward`` (mean reward-model score, when a reward model was trained),
+    ``t2i_recall@{1,5,10}`` / ``i2t_recall@{1,5,10}`` (0–1, the reward model's joint embedding
+    retrieving the split's images from its texts and back, :func:`retrieval_metrics`; the
+    policy plays no part, and they need a trained reward model and references),
     ``n`` (examples); under :data:`mmrlhf.stats.SMALL_SAMPLE` examples each also has its 95%
     interval as ``<name>_low`` / ``<name>_high``.
 
@@ -86,9 +91,11 @@ def run_eval(cfg: RunConfig, policy: str = "sft", force: bool = False) -> dict[s
         columns["gold"] = [gold_score(t, r) for t, r in zip(texts, references)]
         metrics["gold"] = float(np.mean(columns["gold"]))
     if (paths.reward_model / "config.json").exists():
-        rewards = RewardScorer.from_pretrained(paths.reward_model).score(images, texts)
+        scorer = RewardScorer.from_pretrained(paths.reward_model)
+        rewards = scorer.score(images, texts)
         metrics["reward"] = float(np.mean(rewards))
         columns["reward"] = rewards.tolist()
+        metrics |= retrieval_metrics(embed_split(scorer, table.column("id").to_pylist(), images, all_references))
     if len(texts) < SMALL_SAMPLE:
         for name in ("gold", "reward"):
             if name in columns:

@@ -28,7 +28,7 @@ from transformers import AutoTokenizer
 from mmrlhf.algorithms.kl import AdaptiveKLController, FixedKLController
 from mmrlhf.checkpoint import CheckpointDir, read_state, restore_run, save_run, truncate_log
 from mmrlhf.cluster import init_ray, shutdown_ray
-from mmrlhf.config import MODEL_SOURCE, RewardSourceConfig, RunConfig, uses_model
+from mmrlhf.config import CLIPSCORE_SOURCE, MODEL_SOURCE, RewardSourceConfig, RunConfig, uses_model
 from mmrlhf.controller import train_loop
 from mmrlhf.learner.rl_group import RLLearnerGroup
 from mmrlhf.metrics import PhaseTimer, RLMetricsLogger, gold_verdict
@@ -91,7 +91,7 @@ def rl_inputs(cfg: RunConfig, force: bool = False) -> str:
     reward_model = RunPaths(cfg.run_dir).reward_model
     if uses_model(sources) and not (reward_model / "config.json").exists():
         raise FileNotFoundError(f"no reward model at {reward_model}: run `mmrlhf reward train` first "
-                                "(or leave 'model' out of reward.sources)")
+                                "(or leave 'model' and 'clipscore' out of reward.sources)")
     for stage in (SFT, REWARD) if uses_model(sources) else (SFT,):
         check_current(cfg, stage.folder, force)
     pool = load_split(cfg, "feedback")
@@ -132,7 +132,7 @@ def swap_reward_weights(cfg: RunConfig, version: int) -> None:
     sources = reward_sources(cfg)
     if not uses_model(sources):
         raise ValueError(f"swap_reward_weights: reward.sources {[s.name for s in sources]} has no learned "
-                         f"model ({MODEL_SOURCE!r}), so there are no weights to swap")
+                         f"model ({MODEL_SOURCE!r} or {CLIPSCORE_SOURCE!r}), so there are no weights to swap")
     start_reward_deployment(cfg, sources, version)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import ray.cloudpickle
 import requests
+import torch
 from PIL import Image
 from ray import serve
 
@@ -253,6 +254,28 @@ def test_rule_function_alone_is_served_without_weights_and_its_failure_reaches_t
     with pytest.raises(ValueError) as info:  # what a rollout worker's call raises: not retried, unwrapped
         serve_scorer("reward-rules", timeout_s=30.0, retries=0)([image], [""], [None], ["q"])
     assert str(info.value) == f"reward source {name!r} raised ValueError on a batch of 1 responses: empty response"
+
+
+def test_clipscore_is_served_from_the_reward_models_joint_embedding_without_its_head(serve_instance, tmp_path):
+    from mmrlhf.models import RewardModel, build_reward_preset
+    from mmrlhf.reward.scorer import RewardScorer
+
+    model = RewardModel.from_pretrained(build_reward_preset("tiny", tmp_path / "preset"))
+    with torch.no_grad():  # a head far from CLIP's logit, so the two sources differ
+        model.bias.fill_(5.0)
+    weights = model.save_pretrained(tmp_path / "model")
+    sources = [RewardSourceConfig("clipscore", 1.0), RewardSourceConfig("model", 0.0)]
+    handle = deploy_reward(build_reward_app(weights, sources=sources, ray_actor_options={"num_cpus": 0.5}))
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (16, 16), dtype=np.uint8), rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)]
+    texts = ["four one", "seven"]
+    scores = handle.score.remote(images, texts, [None, None], ["q", "q"]).result()
+    local = RewardScorer.from_pretrained(weights)
+    np.testing.assert_allclose(scores["clipscore"], local.clip_score(images, texts), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scores["model"], local.score(images, texts), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(scores["total"], scores["clipscore"])  # the model's weight is 0
+    assert ((0 <= scores["clipscore"]) & (scores["clipscore"] <= 2.5)).all()
+    handle.check_health.remote().result()
 
 
 def test_build_reward_app_refuses_bad_sources_before_anything_is_deployed(tmp_path):

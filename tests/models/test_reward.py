@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mmrlhf.models import RewardModel, build_reward_preset, register_clip_config
+from mmrlhf.models.reward import clip_score
 from mmrlhf.reward import RewardScorer
 
 TEXTS = ["four one seven", "two two", ""]
@@ -75,6 +76,41 @@ def test_texts_of_different_lengths_score_in_one_batch_as_alone(tiny_dir):
     together = scorer.score(images, texts)
     alone = np.concatenate([scorer.score([image], [text]) for image, text in zip(images, texts)])
     np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_clip_score_is_2_5_times_the_cosine_clamped_at_0():
+    image = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    text = torch.tensor([[0.6, 0.8], [-1.0, 0.0], [0.6, 0.8]])
+    torch.testing.assert_close(clip_score(image, text), torch.tensor([1.5, 0.0, 2.0]))  # 2.5 * (0.6, max(-1, 0), 0.8)
+    torch.testing.assert_close(clip_score(image, text, w=1.0), torch.tensor([0.6, 0.0, 0.8]))
+
+
+def test_scorer_clip_score_is_the_joint_embeddings_cosine_without_the_head(tiny_dir):
+    scorer = RewardScorer.from_pretrained(tiny_dir)
+    _randomize_head(scorer.model, seed=3)  # the head must play no part
+    images = _images(3)
+    clip = scorer.model.clip
+    with torch.no_grad():
+        cosine = (clip.encode_image(scorer.preprocess(images), normalize=True)
+                  * clip.encode_text(scorer.tokenize(TEXTS), normalize=True)).sum(-1)
+    scores = scorer.clip_score(images, TEXTS)
+    assert scores.dtype == np.float32 and scores.shape == (3,)
+    np.testing.assert_allclose(scores, 2.5 * cosine.clamp(min=0).numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="RewardScorer.clip_score: 3 images but 2 texts"):
+        scorer.clip_score(images, TEXTS[:2])
+
+
+def test_split_embeddings_are_unit_length_and_the_same_in_any_batch_size(tiny_dir):
+    scorer = RewardScorer.from_pretrained(tiny_dir)
+    images, texts = _images(5), [*TEXTS, "nine", "one one"]
+    image_emb, text_emb = scorer.embed_images(images), scorer.embed_texts(texts)
+    assert image_emb.shape == text_emb.shape == (5, scorer.embed_dim)
+    torch.testing.assert_close(image_emb.norm(dim=-1), torch.ones(5))
+    torch.testing.assert_close(scorer.embed_images(images, batch_size=2), image_emb, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scorer.embed_texts(texts, batch_size=3), text_emb, rtol=1e-5, atol=1e-5)
+    assert scorer.embed_images([]).shape == (0, scorer.embed_dim)
+    with pytest.raises(ValueError, match="image 3: dtype is float64"):  # its index in the whole list, not the batch
+        scorer.embed_images([*images[:3], np.zeros((64, 64))], batch_size=2)
 
 
 def test_scorer_names_the_bad_image(tiny_dir):

@@ -24,6 +24,9 @@ class MeanPixelScorer:
     def score(self, images, texts):
         return np.array([image.mean() / 255.0 for image in images], dtype=np.float32)
 
+    def clip_score(self, images, texts):
+        return np.array([len(text) for text in texts], dtype=np.float32)
+
     def load_weights(self, weights_dir):
         raise NotImplementedError
 
@@ -58,8 +61,18 @@ def test_rule_functions_alone_need_no_scorer_but_the_model_source_does():
     alone = sources((f"{PATH}:reference_match", 1.0), scorer=None)
     assert not alone.needs_model
     np.testing.assert_array_equal(alone.score([BLACK], ["a"], ["a"], ["q"])["total"], [1.0])
-    with pytest.raises(RuntimeError, match="no scorer is loaded"):
+    with pytest.raises(RuntimeError, match="needs the learned reward model but no scorer is loaded"):
         sources(("model", 1.0), scorer=None).score([BLACK], ["a"], ["a"], ["q"])
+
+
+def test_clipscore_source_is_the_scorers_clip_score_and_needs_the_scorer():
+    rs = sources(("clipscore", 1.0), ("model", 0.0))
+    assert rs.needs_model and rs.labels == ["clipscore", "model"]
+    scores = rs.score([WHITE, GREY], ["abc", ""], [None, None], ["q", "q"])
+    np.testing.assert_array_equal(scores["clipscore"], [3.0, 0.0])  # MeanPixelScorer.clip_score: len(text)
+    np.testing.assert_array_equal(scores["total"], [3.0, 0.0])  # the model's weight is 0
+    with pytest.raises(RuntimeError, match="needs the learned reward model but no scorer is loaded"):
+        sources(("clipscore", 1.0), scorer=None).score([BLACK], ["a"], ["a"], ["q"])
 
 
 @pytest.mark.parametrize("name, message", [

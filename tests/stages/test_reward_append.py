@@ -1,19 +1,13 @@
 """`mmrlhf reward train --append`: continues from the saved reward model, as the next version."""
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 
 from mmrlhf.config import load_config
 from mmrlhf.models.reward import RewardModel
 from mmrlhf.stages.common import RunPaths
-from mmrlhf.stages.data import load_split, prepare_data
-from mmrlhf.stages.feedback_import import run_feedback_import
 from mmrlhf.stages.reward_train import reward_model_version, run_reward_training
-
-TINY = Path(__file__).resolve().parents[2] / "jobs" / "tiny.yaml"
+from tests.stages.conftest import TINY, import_reference_pairs
 
 
 def _weights(path):
@@ -24,12 +18,7 @@ def _weights(path):
 def test_append_starts_from_the_saved_model_and_counts_the_version_up(tmp_path):
     run_dir = tmp_path / "run"
     cfg = load_config(TINY, [f"run_dir={run_dir}", "data.n_sft=8", "data.n_feedback=16", "reward.clip_epochs=0"])
-    prepare_data(cfg)
-    feedback = load_split(cfg, "feedback").to_pylist()
-    pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"prompt_id": r["id"], "chosen": r["reference"], "rejected": r["reference"] + " one"})
-                             + "\n" for r in feedback))
-    run_feedback_import(cfg, pairs, "pairwise")
+    import_reference_pairs(cfg, tmp_path)
     with pytest.raises(FileNotFoundError, match="no trained reward model .* to continue from"):
         run_reward_training(cfg, append=True)
     first = run_reward_training(cfg)

@@ -6,7 +6,10 @@ step), the score lands on the last real response token, each token pays
 ``kl_coef * KL(π‖π_ref)``, GAE (Schulman et al. 2016) over the response, advantages whitened
 with statistics all-reduced over the ranks, clipped surrogate and clipped value loss
 (Schulman et al. 2017). The math is the pure functions of ``mmrlhf.algorithms``; this module
-only feeds them and reduces across ranks.
+only feeds them and reduces across ranks. Every log-prob (behaviour, old, reference, current)
+is of the distribution the rollout workers sample (``rl.temperature``/``top_p``/``top_k``,
+:mod:`mmrlhf.models.sampling`), so with top-k/top-p the ratio π_θ/π_old is between the
+truncated policies: a sampled token that leaves the updated policy's nucleus has ratio 0.
 
 Sharding invariance: each minibatch loss is a masked *sum* divided by the global number of
 real tokens of that minibatch (all ranks together), times the world size because DeepSpeed

@@ -81,12 +81,12 @@ def test_a_record_too_long_for_the_policy_positions_is_refused_at_data_time(tmp_
 
     from mmrlhf.models import build_policy_preset
 
-    policy = build_policy_preset("tiny", tmp_path / "policy")  # 128 positions, 64 image tokens
+    policy = build_policy_preset("tiny", tmp_path / "policy")  # 256 positions, 64 image tokens
     png = io.BytesIO()
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(png, format="PNG")
     table = pa.table({"id": ["short", "long"], "image": [png.getvalue()] * 2,
                       "prompt": ["What number is written?", " ".join(["digits"] * 40)]})
-    check_split_fits_positions(str(policy), table.slice(0, 1), 16_000_000, 50, "rl.max_new_tokens")
-    with pytest.raises(ValueError, match=r"^record long: 64 image tokens \+ 41 prompt tokens \+ rl.max_new_tokens=50 "
-                                         r"need 155 positions, above the model's limit of 128"):
-        check_split_fits_positions(str(policy), table, 16_000_000, 50, "rl.max_new_tokens")
+    check_split_fits_positions(str(policy), table.slice(0, 1), 16_000_000, 160, "rl.max_new_tokens")
+    with pytest.raises(ValueError, match=r"^record long: 64 image tokens \+ 41 prompt tokens \+ rl.max_new_tokens=160 "
+                                         r"need 265 positions, above the model's limit of 256"):
+        check_split_fits_positions(str(policy), table, 16_000_000, 160, "rl.max_new_tokens")

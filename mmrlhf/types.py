@@ -3,8 +3,9 @@
 Shape legend (../CONVENTIONS.md): ``B`` batch, ``T`` prompt tokens (left-padded), ``R``
 response tokens (right-padded), ``H``/``W`` image pixels. Images travel as ``vision``: the policy
 family adapter's row-batched processor outputs (``{name: (B, ...)}``, see
-``mmrlhf.models.families``), carried unchanged from the rollout worker to the learner. Log-probs are in nats. This module
-imports no Ray, DeepSpeed or ``torch.distributed`` (a test checks it).
+``mmrlhf.models.families``), carried unchanged from the rollout worker to the learner.
+Log-probs are in nats. This module imports no Ray, DeepSpeed or ``torch.distributed`` (a test
+checks it).
 """
 
 from __future__ import annotations
@@ -181,8 +182,8 @@ class Experience:
     def to_dict(self) -> dict[str, Tensor]:
         """Fields as a flat dict of tensors (what the learner shards by rank; ``vision`` under
         :func:`flat_vision` keys); None fields are left out."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "vision" and getattr(self, f.name) is not None}
-        return {**out, **flat_vision(self.vision)}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "vision"}
+        return {**{k: v for k, v in out.items() if v is not None}, **flat_vision(self.vision)}
 
 
 @dataclass

@@ -156,7 +156,8 @@ def check_positions_fit(model, batch: PromptBatch, max_new_tokens: int, record_i
     if over:
         i = over[0]
         real = batch.attention_mask[i].bool()
-        n_image = int(torch.isin(batch.input_ids[i][real], torch.tensor(family.image_token_ids)).sum())
+        placeholders = torch.tensor(family.image_token_ids, dtype=torch.long)
+        n_image = int(torch.isin(batch.input_ids[i][real], placeholders).sum())
         n_text = int(real.sum()) - n_image
         raise ValueError(f"record {record_ids[i]}: {n_image} image tokens + {n_text} prompt tokens + "
                          f"{key}={max_new_tokens} need {int(need[i])} positions, above the model's limit of "

@@ -51,6 +51,17 @@ def _positive(key: str, value: float, zero_ok: bool = False) -> None:
            "a finite number >= 0" if zero_ok else "a finite number > 0", value)
 
 
+def check_sampling(prefix: str, temperature: Optional[float], top_p: Optional[float], top_k: Optional[int]) -> None:
+    """Sampling settings in range, or null (the checkpoint's ``generation_config``). ``prefix``:
+    of the keys, e.g. ``"rl."``."""
+    if temperature is not None:
+        _positive(f"{prefix}temperature", temperature)
+    if top_p is not None:
+        _check(0 < top_p <= 1, f"{prefix}top_p", "a number in (0, 1] (1: off), or null", top_p)
+    if top_k is not None:
+        _check(top_k >= 0, f"{prefix}top_k", "an integer >= 0 (0: off), or null", top_k)
+
+
 @dataclass
 class DataConfig:
     """Where records come from: the embedded digits task or a user's manifest.
@@ -155,19 +166,23 @@ class FeedbackConfig:
     """Simulated annotator (Christiano et al. 2017): K samples a prompt, Bradley–Terry choices.
 
     ``bt_temperature`` scales the gold-score gap before the logistic choice; 0 means the
-    annotator always prefers the higher gold score (ties are dropped).
+    annotator always prefers the higher gold score (ties are dropped). The policy's samples are
+    drawn at ``sample_temperature``, ``sample_top_p``, ``sample_top_k``
+    (:mod:`mmrlhf.models.sampling`); null takes the checkpoint's ``generation_config``, else off.
     """
 
     n_prompts: int = 2000
     samples_per_prompt: int = 4
-    sample_temperature: float = 1.0
+    sample_temperature: Optional[float] = 1.0
+    sample_top_p: Optional[float] = None
+    sample_top_k: Optional[int] = None
     bt_temperature: float = 0.05
     annotator: str = "simulated-gold"
 
     def __post_init__(self) -> None:
         _positive("feedback.n_prompts", self.n_prompts)
         _check(self.samples_per_prompt >= 2, "feedback.samples_per_prompt", "an integer >= 2", self.samples_per_prompt)
-        _positive("feedback.sample_temperature", self.sample_temperature)
+        check_sampling("feedback.sample_", self.sample_temperature, self.sample_top_p, self.sample_top_k)
         _positive("feedback.bt_temperature", self.bt_temperature, zero_ok=True)
 
 
@@ -306,6 +321,9 @@ class RLConfig:
     ``dynamic_sampling_tries`` more batches of prompts to refill the step.
     A checkpoint is written every ``checkpoint_every`` steps (0: only after the last step) and
     the newest ``keep_checkpoints`` are kept (see :mod:`mmrlhf.checkpoint`).
+    Rollouts sample at ``temperature``, ``top_p``, ``top_k`` (:mod:`mmrlhf.models.sampling`; null
+    takes the checkpoint's ``generation_config``, else off) and the learner scores under the same
+    distribution, so PPO's ratio is between the truncated policies.
     """
 
     algorithm: str = "sac"
@@ -327,7 +345,9 @@ class RLConfig:
     kl_target: Optional[float] = None
     gamma: float = 1.0
     lam: float = 0.95
-    temperature: float = 1.0
+    temperature: Optional[float] = 1.0
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
     max_new_tokens: int = 8
     grad_clip: float = 1.0
     max_policy_lag: int = 0
@@ -355,9 +375,10 @@ class RLConfig:
                "rl.clip_eps_high", "a finite number > 0, or null for rl.clip_eps", self.clip_eps_high)
         _positive("rl.dynamic_sampling_tries", self.dynamic_sampling_tries, zero_ok=True)
         for name in ("steps", "prompts_per_step", "rollout_workers", "learner_ranks", "ppo_epochs",
-                     "minibatch_size", "lr", "temperature", "max_new_tokens", "sac_updates_per_step",
+                     "minibatch_size", "lr", "max_new_tokens", "sac_updates_per_step",
                      "replay_capacity"):
             _positive(f"rl.{name}", getattr(self, name))
+        check_sampling("rl.", self.temperature, self.top_p, self.top_k)
         _check(self.samples_per_prompt >= 1, "rl.samples_per_prompt", "an integer >= 1", self.samples_per_prompt)
         _positive("rl.checkpoint_every", self.checkpoint_every, zero_ok=True)
         _check(self.keep_checkpoints >= 1, "rl.keep_checkpoints", "an integer >= 1", self.keep_checkpoints)

@@ -1,8 +1,11 @@
 """The records that flow between the parts of a run, one field a line, each with its shape.
 
 Shape legend (../CONVENTIONS.md): ``B`` batch, ``T`` prompt tokens (left-padded), ``R``
-response tokens (right-padded), ``H``/``W`` image pixels. Log-probs are in nats. This module
-imports no Ray, DeepSpeed or ``torch.distributed`` (a test checks it).
+response tokens (right-padded), ``H``/``W`` image pixels. Images travel as ``vision``: the policy
+family adapter's row-batched processor outputs (``{name: (B, ...)}``, see
+``mmrlhf.models.families``), carried unchanged from the rollout worker to the learner.
+Log-probs are in nats. This module imports no Ray, DeepSpeed or ``torch.distributed`` (a test
+checks it).
 """
 
 from __future__ import annotations
@@ -27,6 +30,31 @@ def pad_cat(tensors: list[Tensor], value: float, left: bool) -> Tensor:
     return torch.cat(out, dim=0)
 
 
+def cat_rows(tensors: list[Tensor], value: float = 0) -> Tensor:
+    """Concatenate ``(b_i, ...)`` tensors along dim 0, padding every other dim to the largest at
+    its end with ``value``: how row-batched image tensors of different sizes join (a family
+    adapter reads each row's real extent from its own fields, e.g. ``image_grid_thw``)."""
+    shape = [max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
+    out = []
+    for t in tensors:
+        pad = [p for d in reversed(range(1, t.dim())) for p in (0, shape[d - 1] - t.shape[d])]
+        out.append(torch.nn.functional.pad(t, pad, value=value) if any(pad) else t)
+    return torch.cat(out, dim=0)
+
+
+VISION_PREFIX = "vision."  # the learner's flat batch holds a PromptBatch's `vision` under these keys
+
+
+def flat_vision(vision: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``{name: (B, ...)}`` -> ``{"vision.<name>": (B, ...)}``, for a flat batch of tensors."""
+    return {VISION_PREFIX + k: v for k, v in vision.items()}
+
+
+def vision_of(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The ``vision`` dict of a flat batch (the inverse of :func:`flat_vision`)."""
+    return {k[len(VISION_PREFIX):]: v for k, v in batch.items() if k.startswith(VISION_PREFIX)}
+
+
 def prompt_index(prompt_ids: list[str]) -> Tensor:
     """(B,) int64 group index of each row: rows answering the same prompt share one (sorted ids)."""
     _, index = np.unique(np.asarray(prompt_ids), return_inverse=True)
@@ -49,7 +77,7 @@ class Rollout:
     sample_index: list[int]           # (B,) which of the prompt's samples this row is
     input_ids: Tensor                 # (B, T) prompt tokens, left-padded
     attention_mask: Tensor            # (B, T) 1 on real prompt tokens
-    pixel_values: Tensor              # (B, 3, H, W) preprocessed image, float32
+    vision: dict[str, Tensor]         # {name: (B, ...)} the images' processor outputs, row-batched
     response_ids: Tensor              # (B, R) sampled tokens, right-padded
     response_mask: Tensor             # (B, R) 1 on real response tokens (eos included)
     logprobs: Tensor                  # (B, R) behaviour log-probs of the sampled tokens
@@ -73,7 +101,7 @@ class Rollout:
         if self.scores is None:
             raise ValueError("Rollout.to_batch: rollout has no scores; score it with the reward model first")
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
-                "pixel_values": self.pixel_values, "response_ids": self.response_ids,
+                **flat_vision(self.vision), "response_ids": self.response_ids,
                 "response_mask": self.response_mask, "logprobs": self.logprobs, "scores": self.scores}
 
     @staticmethod
@@ -98,7 +126,7 @@ class Rollout:
             sample_index=[i for p in parts for i in p.sample_index],
             input_ids=pad_cat([p.input_ids for p in parts], pad_token_id, left=True),
             attention_mask=pad_cat([p.attention_mask for p in parts], 0, left=True),
-            pixel_values=torch.cat([p.pixel_values for p in parts]),
+            vision={k: cat_rows([p.vision[k] for p in parts]) for k in parts[0].vision},
             response_ids=pad_cat([p.response_ids for p in parts], pad_token_id, left=False),
             response_mask=pad_cat([p.response_mask for p in parts], 0, left=False),
             logprobs=pad_cat([p.logprobs for p in parts], 0.0, left=False),
@@ -140,7 +168,7 @@ class Experience:
 
     input_ids: Tensor                 # (B, T) prompt tokens, left-padded
     attention_mask: Tensor            # (B, T)
-    pixel_values: Tensor              # (B, 3, H, W)
+    vision: dict[str, Tensor]         # {name: (B, ...)} the images' processor outputs, row-batched
     response_ids: Tensor              # (B, R)
     response_mask: Tensor             # (B, R) 1 on real response tokens of scored rows
     old_logprobs: Tensor              # (B, R) log-probs under the policy before the update
@@ -152,8 +180,10 @@ class Experience:
     returns: Optional[Tensor] = None  # (B, R) advantages + values, the value targets (GAE only)
 
     def to_dict(self) -> dict[str, Tensor]:
-        """Fields as a dict of tensors (what the learner shards by rank); None fields are left out."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        """Fields as a flat dict of tensors (what the learner shards by rank; ``vision`` under
+        :func:`flat_vision` keys); None fields are left out."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "vision"}
+        return {**{k: v for k, v in out.items() if v is not None}, **flat_vision(self.vision)}
 
 
 @dataclass

@@ -11,7 +11,7 @@ def rollout(versions, scores, **extra):
     n = len(versions)
     return Rollout(prompt_ids=["a", "a", "b", "b"][:n], sample_index=list(range(n)),
                    input_ids=torch.zeros(n, 2, dtype=torch.long), attention_mask=torch.ones(n, 2, dtype=torch.long),
-                   pixel_values=torch.zeros(n, 3, 4, 4), response_ids=torch.zeros(n, 1, dtype=torch.long),
+                   vision={"pixel_values": torch.zeros(n, 3, 4, 4)}, response_ids=torch.zeros(n, 1, dtype=torch.long),
                    response_mask=torch.ones(n, 1, dtype=torch.long), logprobs=torch.zeros(n, 1),
                    finish_reason=["eos", "length", "eos", "eos"][:n], texts=[""] * n,
                    policy_version=torch.tensor(versions), scores=torch.tensor(scores), **extra)

@@ -6,7 +6,10 @@ step), the score lands on the last real response token, each token pays
 ``kl_coef * KL(π‖π_ref)``, GAE (Schulman et al. 2016) over the response, advantages whitened
 with statistics all-reduced over the ranks, clipped surrogate and clipped value loss
 (Schulman et al. 2017). The math is the pure functions of ``mmrlhf.algorithms``; this module
-only feeds them and reduces across ranks.
+only feeds them and reduces across ranks. Every log-prob (behaviour, old, reference, current)
+is of the distribution the rollout workers sample (``rl.temperature``/``top_p``/``top_k``,
+:mod:`mmrlhf.models.sampling`), so with top-k/top-p the ratio π_θ/π_old is between the
+truncated policies: a sampled token that leaves the updated policy's nucleus has ratio 0.
 
 Sharding invariance: each minibatch loss is a masked *sum* divided by the global number of
 real tokens of that minibatch (all ranks together), times the world size because DeepSpeed
@@ -25,7 +28,8 @@ from mmrlhf.algorithms import (gae, kl_estimate, masked_mean, masked_whiten, ppo
 from mmrlhf.config import RLConfig
 from mmrlhf.learner.worker import LearnerWorker, all_reduce_sum, block_permutation
 from mmrlhf.models.policy import PromptBatch, load_policy, response_logprobs
-from mmrlhf.types import Experience
+from mmrlhf.models.sampling import resolve_sampling
+from mmrlhf.types import Experience, vision_of
 
 
 def scored_rows(shard: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
@@ -87,18 +91,21 @@ class PPOLearner(LearnerWorker):
         super().__init__(rank, world_size, master_addr, master_port, model_factory, ds_config, seed)
         self.rl = rl or RLConfig(algorithm="ppo")
         self.ref_policy = load_policy(ref_policy_path)[0].eval().requires_grad_(False)
+        # the rollout workers resolve the same settings from the same checkpoint
+        self.sampling = resolve_sampling(self.ref_policy.generation_config, self.rl.temperature, self.rl.top_p,
+                                         self.rl.top_k)
         self.experience: dict[str, Tensor] = {}
         self.kl_coef = self.rl.kl_coef
 
     def _forward(self, b: dict[str, Tensor]):
-        return self.engine(b["input_ids"], b["attention_mask"], b["pixel_values"],
-                           b["response_ids"], b["response_mask"], self.rl.temperature)
+        return self.engine(b["input_ids"], b["attention_mask"], vision_of(b), b["response_ids"], b["response_mask"],
+                           **self.sampling.kwargs())
 
     @torch.no_grad()
     def make_experience(self, shard: dict[str, Tensor], kl_coef: float) -> dict[str, float]:
         """Old/ref log-probs and advantages (GAE with values and returns, or critic-free) for this rank's shard.
 
-        ``shard``: ``input_ids``/``attention_mask`` (B, T), ``pixel_values`` (B, 3, H, W),
+        ``shard``: ``input_ids``/``attention_mask`` (B, T), the images under ``vision.*`` keys (B, ...),
         ``response_ids``/``response_mask``/``logprobs`` (B, R), ``scores`` (B,) (NaN: unscored,
         masked out; already normalised in the driver by ``RLLearnerGroup.make_experience``), and
         for a critic-free estimator ``advantages`` (B, R), computed in the driver over the whole
@@ -107,10 +114,10 @@ class PPOLearner(LearnerWorker):
         scored, mask, scores = scored_rows(shard)
         self.engine.eval()
         self.kl_coef = kl_coef
-        batch = PromptBatch(shard["input_ids"], shard["attention_mask"], shard["pixel_values"])
+        batch = PromptBatch(shard["input_ids"], shard["attention_mask"], vision_of(shard))
         needs_ref = not self.rl.critic_free or kl_coef > 0 or self.rl.kl_target is not None
         ref_logprobs = response_logprobs(self.ref_policy, batch, shard["response_ids"], mask,
-                                         self.rl.temperature)[0] if needs_ref else None
+                                         **self.sampling.kwargs())[0] if needs_ref else None
         if self.rl.critic_free:
             # One epoch on samples the current weights drew: π_old is the behaviour policy itself
             # (their log-probs agree to ~1e-7), so the old-log-prob forward would be redundant.
@@ -128,7 +135,7 @@ class PPOLearner(LearnerWorker):
             specific = {"advantages": _global_whiten(advantages, mask),  # ALGO: whitened over all ranks
                         "values": values, "rewards": rewards, "returns": returns}
         self.experience = Experience(
-            input_ids=shard["input_ids"], attention_mask=shard["attention_mask"], pixel_values=shard["pixel_values"],
+            input_ids=shard["input_ids"], attention_mask=shard["attention_mask"], vision=vision_of(shard),
             response_ids=shard["response_ids"], response_mask=mask, old_logprobs=old_logprobs,
             # ALGO: rows sampled by an older policy (asynchronous mode) are reweighted toward π_old
             is_weights=truncated_importance_weights(old_logprobs, shard["logprobs"], mask, self.rl.tis_cap),

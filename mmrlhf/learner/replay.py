@@ -11,14 +11,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mmrlhf.types import pad_cat
+from mmrlhf.types import cat_rows, pad_cat
 
 
 class ReplayBuffer:
     """At most ``capacity`` rows of ``{key: (b, ...)}`` batches; the oldest rows leave first.
 
     padding: ``{key: (value, left)}`` for keys whose dim 1 varies between batches (prompt tokens
-    are left-padded, response tokens right-padded); other keys must agree beyond dim 0.
+    are left-padded, response tokens right-padded); other keys (images of different sizes) are
+    padded at the end of every dim with 0 (:func:`mmrlhf.types.cat_rows`).
     Raises ValueError for ``capacity < 1``.
     """
 
@@ -84,7 +85,7 @@ class ReplayBuffer:
         if key in self.padding:
             value, left = self.padding[key]
             return pad_cat(parts, value, left)
-        return torch.cat(parts)
+        return cat_rows(parts)
 
     def state_dict(self) -> dict[str, Tensor]:
         """The rows as flat ``{"<chunk>.<key>": tensor}`` (what safetensors stores)."""

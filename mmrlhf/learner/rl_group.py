@@ -21,7 +21,7 @@ from mmrlhf.learner.engine import deepspeed_config
 from mmrlhf.learner.group import LearnerGroup
 from mmrlhf.learner.ppo import PPOLearner
 from mmrlhf.learner.sac import SACLearner
-from mmrlhf.models.policy import load_policy
+from mmrlhf.models.policy import load_policy, vision_tower
 from mmrlhf.models.soft_q import SoftActorCritic
 from mmrlhf.models.value import Actor, ActorCritic
 from mmrlhf.types import Rollout, prompt_index
@@ -34,7 +34,7 @@ def policy_model_factory(policy_path: str, freeze_vision_tower: bool = False,
                          wrapper: type[nn.Module] = ActorCritic) -> Callable[[], nn.Module]:
     """A picklable factory of ``wrapper(policy)`` (`ActorCritic` or `SoftActorCritic`, fresh
     heads) with the policy loaded from ``policy_path``; ``freeze_vision_tower`` gives the
-    policy's ``model.vision_tower`` ``requires_grad=False``."""
+    policy's vision tower (its family's, `policy.vision_tower`) ``requires_grad=False``."""
     return _PolicyModelFactory(policy_path, freeze_vision_tower, wrapper)
 
 
@@ -47,7 +47,7 @@ class _PolicyModelFactory:
     def __call__(self) -> nn.Module:
         policy = load_policy(self.policy_path)[0]
         if self.freeze_vision_tower:
-            policy.model.vision_tower.requires_grad_(False)
+            vision_tower(policy).requires_grad_(False)
         return self.wrapper(policy)
 
 

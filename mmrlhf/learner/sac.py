@@ -26,6 +26,8 @@ from mmrlhf.learner.ppo import mean_metrics, rollout_stats, scored_rows
 from mmrlhf.learner.replay import ReplayBuffer
 from mmrlhf.learner.worker import LearnerWorker, all_reduce_sum
 from mmrlhf.models.policy import PromptBatch, load_policy, response_distribution, response_logprobs
+from mmrlhf.models.sampling import resolve_sampling
+from mmrlhf.types import VISION_PREFIX, vision_of
 
 
 class SACLearner(LearnerWorker):
@@ -45,6 +47,9 @@ class SACLearner(LearnerWorker):
         self.rl = rl or RLConfig()
         ref_policy, processor = load_policy(ref_policy_path)
         self.ref_policy = ref_policy.eval().requires_grad_(False)
+        # the rollout workers resolve the same settings from the same checkpoint
+        self.sampling = resolve_sampling(ref_policy.generation_config, self.rl.temperature, self.rl.top_p,
+                                         self.rl.top_k)
         pad = processor.tokenizer.pad_token_id
         self.replay = ReplayBuffer(max(1, self.rl.replay_capacity // world_size), padding={
             "input_ids": (pad, True), "attention_mask": (0, True),
@@ -52,8 +57,8 @@ class SACLearner(LearnerWorker):
         self.alpha = self.rl.kl_coef
 
     def _forward(self, b: dict[str, Tensor]):
-        return self.engine(b["input_ids"], b["attention_mask"], b["pixel_values"],
-                           b["response_ids"], b["response_mask"], self.rl.temperature)
+        return self.engine(b["input_ids"], b["attention_mask"], vision_of(b), b["response_ids"], b["response_mask"],
+                           **self.sampling.kwargs())
 
     @torch.no_grad()
     def make_experience(self, shard: dict[str, Tensor], kl_coef: float) -> dict[str, float]:
@@ -67,14 +72,15 @@ class SACLearner(LearnerWorker):
         self.engine.eval()
         logp, *_ = self._forward(shard)
         old_logprobs = logp.gather(-1, shard["response_ids"][..., None]).squeeze(-1)
-        batch = PromptBatch(shard["input_ids"], shard["attention_mask"], shard["pixel_values"])
+        batch = PromptBatch(shard["input_ids"], shard["attention_mask"], vision_of(shard))
         ref_logprobs, _, _ = response_logprobs(self.ref_policy, batch, shard["response_ids"], mask,
-                                               self.rl.temperature)
+                                               **self.sampling.kwargs())
         kl = kl_estimate(old_logprobs, ref_logprobs, self.rl.kl_estimator) * mask
         # ALGO: the score on the last real token; the KL leash is in the soft value, not the reward.
         rewards = token_rewards(scores, torch.zeros_like(kl), mask, 0.0)
         self.replay.add({"input_ids": shard["input_ids"], "attention_mask": shard["attention_mask"],
-                         "pixel_values": shard["pixel_values"], "response_ids": shard["response_ids"],
+                         **{k: v for k, v in shard.items() if k.startswith(VISION_PREFIX)},
+                         "response_ids": shard["response_ids"],
                          "response_mask": mask, "rewards": rewards})
         self.alpha = kl_coef
         (rows,) = all_reduce_sum(len(self.replay))
@@ -84,9 +90,9 @@ class SACLearner(LearnerWorker):
         (n_tokens,) = all_reduce_sum(b["response_mask"].sum())
         logp, q1, q2, target_q1, target_q2 = self._forward(b)
         with torch.no_grad():
-            batch = PromptBatch(b["input_ids"], b["attention_mask"], b["pixel_values"])
+            batch = PromptBatch(b["input_ids"], b["attention_mask"], vision_of(b))
             ref_logp, _ = response_distribution(self.ref_policy, batch, b["response_ids"], b["response_mask"],
-                                                self.rl.temperature)
+                                                **self.sampling.kwargs())
         loss, metrics = sac_loss(logp, q1, q2, target_q1, target_q2, b["response_ids"], b["rewards"],
                                  b["response_mask"], self.alpha, self.rl.gamma, self.rl.vf_coef, ref_logp,
                                  normalizer=n_tokens)

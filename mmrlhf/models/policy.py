@@ -1,19 +1,24 @@
-"""Policy: a LLaVA-style vision-language model, with batched sampling and teacher-forced scoring.
+"""Policy: a vision-language model, with batched cached sampling and teacher-forced scoring.
 
-LLaVA (Liu et al. 2023): a vision tower, a projector and a causal LM; here transformers'
-`AutoModelForImageTextToText` (`FastVlmForConditionalGeneration` with a ResNet tower for the
-presets, `LlavaForConditionalGeneration` for `llava-hf/*` checkpoints). Other families work
-if their forward takes `input_ids`, `pixel_values`, `attention_mask`, `position_ids`, `cache`
-and they expose `.model` (the trunk, with `.vision_tower`) and output embeddings (the LM head).
+LLaVA-style (Liu et al. 2023): a vision tower, a projector and a causal LM, loaded with
+transformers' `AutoModelForImageTextToText`. What differs between VLM families (the chat
+template, the image tensors, position ids, the trunk call) is the family adapter's
+(`mmrlhf.models.families`); this module never names a family.
 
-Prompt format (`PROMPT_FORMAT`): "<image>\n{prompt}\n", then the response tokens, then eos.
-Prompts are left-padded; positions are counted over real tokens only, so a prompt's
-continuation does not depend on how much padding its batch needed.
+Prompt: one image, then the prompt, through the checkpoint's chat template with the generation
+prompt (the presets': "<s><image>\n{prompt}\n"), then the response tokens, then eos. Prompts
+are left-padded; positions are counted over real tokens only (the family's way), so a prompt's
+continuation does not depend on how much padding its batch needed. Prompts are never cut: a
+prompt whose image tokens + text + `max_new_tokens` exceed the model's positions is refused
+(`check_positions_fit`).
 
 Log-probs: `generate` and `response_logprobs` both score a token with
-log_softmax(logits / temperature) in float32, in nats, so PPO's behaviour log-probs (from
-rollout) and the learner's log-probs agree up to floating-point noise at the same temperature.
-Greedy decoding (`do_sample=False`) reports the same tempered log-probs of the argmax token.
+`mmrlhf.models.sampling.token_logprobs`: log-probs in nats (float32) of the distribution actually
+sampled, softmax(logits / temperature) without the family's image placeholder tokens, truncated
+to top-k and to the top-p nucleus and renormalised (see that module for what PPO's ratio then
+means). So PPO's behaviour log-probs (from rollout) and the learner's agree up to
+floating-point noise under the same settings. Greedy decoding (`do_sample=False`) reports the
+same log-probs of the argmax token.
 """
 
 from __future__ import annotations
@@ -23,12 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 from mmrlhf.errors import CheckpointUnreachable
-
-PROMPT_FORMAT = "<image>\n{prompt}\n"
+from mmrlhf.models.families import Family, family_for
+from mmrlhf.models.sampling import Sampling, sample_tokens, token_logprobs
 
 
 def load_policy(name_or_path: str, dtype: torch.dtype = torch.float32):
@@ -36,13 +40,16 @@ def load_policy(name_or_path: str, dtype: torch.dtype = torch.float32):
 
     Weights load from safetensors only (`use_safetensors=True`): a folder holding only a pickle
     (`pytorch_model.bin`) is refused with transformers' OSError, nothing in it is unpickled.
-    The tokenizer pads on the left; a tokenizer without a pad token pads with eos.
+    The tokenizer pads on the left; a tokenizer without a pad token pads with eos. The model's
+    family adapter (`mmrlhf.models.families`) is found first and kept on the processor as
+    ``processor.family``, so `encode_prompts` builds the family's prompts.
     Source: transformers `AutoModelForImageTextToText`, `AutoProcessor`.
 
     Raises:
         CheckpointUnreachable: a hub id that cannot be downloaded (offline) nor found cached; one
             line saying how to pass a local folder instead.
         OSError: transformers' own, for other loading failures.
+        ValueError: the model's family has no adapter (names its class and the supported ones).
     """
     try:
         model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype, use_safetensors=True)
@@ -54,6 +61,7 @@ def load_policy(name_or_path: str, dtype: torch.dtype = torch.float32):
             f"policy {name_or_path!r} could not be reached (no network to huggingface.co, and not in the local "
             f"cache): download it where there is network (`hf download {name_or_path} --local-dir DIR`) and pass "
             "the folder, e.g. model.policy=/abs/DIR or --policy /abs/DIR") from err
+    processor.family = family_for(model)
     _pad_left(processor.tokenizer)
     return model, processor
 
@@ -90,37 +98,83 @@ def as_rgb_uint8(image: np.ndarray, index: int) -> np.ndarray:
 
 @dataclass
 class PromptBatch:
-    """Encoded prompts, left-padded."""
+    """Encoded prompts, left-padded, with their images as the family adapter's row-batched tensors."""
 
     input_ids: torch.Tensor  # (B, T) int64, image tokens expanded, left-padded with pad id
     attention_mask: torch.Tensor  # (B, T) int64, 0 on padding
-    pixel_values: torch.Tensor  # (B, 3, H, W) float, normalised by the image processor
+    vision: dict[str, torch.Tensor]  # {name: (B, ...)} processor outputs of the images (families.base)
 
     def to(self, device: torch.device | str) -> "PromptBatch":
         """The same batch on `device`."""
-        return PromptBatch(self.input_ids.to(device), self.attention_mask.to(device), self.pixel_values.to(device))
+        return PromptBatch(self.input_ids.to(device), self.attention_mask.to(device),
+                           {k: v.to(device) for k, v in self.vision.items()})
+
+    def rows(self, index: torch.Tensor) -> "PromptBatch":
+        """Rows `index` ((K,) int64 or bool (B,)) of every tensor."""
+        return PromptBatch(self.input_ids[index], self.attention_mask[index],
+                           {k: v[index] for k, v in self.vision.items()})
+
+
+def processor_family(processor) -> Family:
+    """The family adapter `load_policy` kept on `processor`.
+
+    Raises ValueError for a processor not loaded with `load_policy`.
+    """
+    family = getattr(processor, "family", None)
+    if family is None:
+        raise ValueError(f"{type(processor).__name__} has no family adapter: load it with load_policy")
+    return family
 
 
 def encode_prompts(processor, images: list[np.ndarray], prompts: list[str]) -> PromptBatch:
-    """Encode one image and one prompt per row with `PROMPT_FORMAT` -> `PromptBatch` (B rows).
+    """Encode one image and one prompt per row with the chat template -> `PromptBatch` (B rows).
 
-    images: uint8 (H, W) or (H, W, 3); grayscale is repeated to RGB.
+    images: uint8 (H, W) or (H, W, 3); grayscale is repeated to RGB. Prompts are not cut.
     Raises ValueError naming the index of a non-uint8 image, an empty prompt or one holding the
     image placeholder itself (it would ask for a second image), or on a length mismatch.
     """
     if len(images) != len(prompts):
         raise ValueError(f"encode_prompts: {len(images)} images but {len(prompts)} prompts")
+    family = processor_family(processor)
     image_token = getattr(processor, "image_token", "<image>")
     for i, prompt in enumerate(prompts):
         if not prompt.strip():
             raise ValueError(f"prompt {i}: empty")
         if image_token in prompt:
             raise ValueError(f"prompt {i}: holds a literal {image_token!r}; the image placeholder is added "
-                             f"once by PROMPT_FORMAT, expected 1 image per prompt")
+                             f"once by the chat template, expected 1 image per prompt")
     rgb = [as_rgb_uint8(image, i) for i, image in enumerate(images)]
-    texts = [PROMPT_FORMAT.format(prompt=prompt) for prompt in prompts]
-    enc = processor(images=rgb, text=texts, return_tensors="pt", padding=True)
-    return PromptBatch(enc["input_ids"], enc["attention_mask"], enc["pixel_values"])
+    texts = [family.chat_prompt(processor, prompt) for prompt in prompts]
+    return PromptBatch(*family.encode(processor, rgb, texts))
+
+
+def max_positions(model) -> int:
+    """The model's position limit: its text config's ``max_position_embeddings``."""
+    return int(model.config.get_text_config().max_position_embeddings)
+
+
+def check_positions_fit(model, batch: PromptBatch, max_new_tokens: int, record_ids: list[str], key: str) -> None:
+    """Refuse rows whose image tokens + prompt tokens + ``max_new_tokens`` need more positions than
+    the model has (image tokens are never cut, so such a prompt cannot be served).
+
+    The positions a row needs are its next position (the family's: mrope ids grow more slowly
+    than tokens) + ``max_new_tokens``. ``key``: the config key of ``max_new_tokens``.
+    Raises ValueError naming the first such record, its counts and the limit.
+    """
+    family = family_for(model)
+    _, next_position = family.positions(model, batch.input_ids, batch.attention_mask, batch.vision)
+    need = next_position[:, 0] + max_new_tokens  # (B,)
+    limit = max_positions(model)
+    over = (need > limit).nonzero().flatten().tolist()
+    if over:
+        i = over[0]
+        real = batch.attention_mask[i].bool()
+        placeholders = torch.tensor(family.image_token_ids, dtype=torch.long)
+        n_image = int(torch.isin(batch.input_ids[i][real], placeholders).sum())
+        n_text = int(real.sum()) - n_image
+        raise ValueError(f"record {record_ids[i]}: {n_image} image tokens + {n_text} prompt tokens + "
+                         f"{key}={max_new_tokens} need {int(need[i])} positions, above the model's limit of "
+                         f"{limit} ({len(over)} record(s) too long); lower {key} or shorten the prompt")
 
 
 def encode_responses(processor, texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,27 +201,22 @@ class Generation:
     """Sampled responses, right-padded."""
 
     response_ids: torch.Tensor  # (B, R) int64, pad id after eos
-    logprobs: torch.Tensor  # (B, R) float32 nats, log_softmax(logits / temperature) of each token; 0 on padding
+    logprobs: torch.Tensor  # (B, R) float32 nats under the sampled distribution (sampling.token_logprobs); 0 on padding
     response_mask: torch.Tensor  # (B, R) int64, 1 on real tokens including eos
     finish_reason: list[str]  # B items: "eos" or "length"
     texts: list[str]  # B decoded responses, special tokens stripped
 
 
-def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) mask -> (B, T) positions counted over real tokens; padding gets 0."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
 def prompt_groups(batch: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """The distinct prompts of ``batch`` (rows with equal tokens, mask and pixels are one prompt,
-    as the samples of one prompt in a rollout are).
+    """The distinct prompts of ``batch`` (rows with equal tokens, mask and image tensors are one
+    prompt, as the samples of one prompt in a rollout are).
 
     Returns (first (G,) int64: one row of each distinct prompt, ascending; inverse (B,) int64:
     each row's index into ``first``). Exact equality, no hashing: two images that differ in one
     pixel are two prompts.
     """
     rows = torch.cat([batch.input_ids.double(), batch.attention_mask.double(),
-                      batch.pixel_values.flatten(1).double()], dim=1)  # (B, 2T + 3HW), exact in float64
+                      *(v.reshape(len(v), -1).double() for v in batch.vision.values())], dim=1)  # exact in float64
     _, inverse = torch.unique(rows, dim=0, return_inverse=True)
     order = torch.arange(len(inverse), device=inverse.device)
     first = torch.full((int(inverse.max()) + 1,), len(inverse), device=inverse.device)
@@ -186,62 +235,48 @@ def prefill(model, batch: PromptBatch):
     predicts the first response token; cache: the model's KV cache of the B rows). Each row's
     values equal those of a forward over that row alone, up to floating-point reassociation.
     """
+    family = family_for(model)
     first, inverse = prompt_groups(batch)
-    mask = batch.attention_mask[first]
-    out = model.model(input_ids=batch.input_ids[first], pixel_values=batch.pixel_values[first], attention_mask=mask,
-                      position_ids=_position_ids(mask), use_cache=True)
+    rows = batch.rows(first)
+    positions, _ = family.positions(model, rows.input_ids, rows.attention_mask, rows.vision)
+    out = family.trunk(model, rows.input_ids, rows.attention_mask, positions, rows.vision, use_cache=True)
     cache = out.cache
     if len(first) < len(inverse):
         cache.reorder_cache(inverse)  # (G, ...) -> (B, ...) rows; index_select keeps the autograd graph
     return out.last_hidden_state[:, -1][inverse], cache
 
 
-def _tempered_logprobs(model, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(..., H) last-layer hidden -> (..., V) float32 log_softmax(lm_head(hidden) / temperature).
-
-    The image placeholder token (``config.image_token_id``) gets probability 0 (log-prob: the
-    lowest finite float, so entropies stay finite): it stands for image features, and a sampled
-    one would make the next forward fail with "Image features and image tokens do not match".
-    """
-    logits = model.get_output_embeddings()(hidden).float() / temperature
-    image_token = getattr(model.config, "image_token_id", None)
-    if image_token is not None:
-        index = torch.tensor([image_token], device=logits.device)
-        logits = logits.index_fill(-1, index, torch.finfo(logits.dtype).min)
-    return F.log_softmax(logits, dim=-1)
-
-
-def _check_temperature(temperature: float) -> None:
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+def _distribution(model, family: Family, hidden: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """(..., H) last-layer hidden -> (..., V) float32 log-probs of the sampled distribution."""
+    return token_logprobs(family.logits(model, hidden), sampling, family.image_token_ids)
 
 
 @torch.no_grad()
 def generate(model, processor, batch: PromptBatch, max_new_tokens: int, temperature: float = 1.0,
-             do_sample: bool = True, generator: torch.Generator | None = None) -> Generation:
+             do_sample: bool = True, generator: torch.Generator | None = None, top_p: float = 1.0,
+             top_k: int = 0) -> Generation:
     """Sample up to `max_new_tokens` per row with a KV cache; greedy when `do_sample=False`.
 
-    Sampling draws from softmax(logits / temperature) with `torch.multinomial(generator=...)`,
-    so a seeded generator (on the model's device) reproduces the tokens. Rows stop at eos; the loop stops when all
-    rows have, so R <= max_new_tokens. Dropout follows the model's train/eval mode.
-    Raises ValueError for temperature <= 0 or max_new_tokens < 1.
+    Sampling draws from `sampling.token_logprobs` (temperature, then top-k, then top-p) with
+    `torch.multinomial(generator=...)`, so a seeded generator (on the model's device) reproduces
+    the tokens. Rows stop at eos; the loop stops when all rows have, so R <= max_new_tokens.
+    Dropout follows the model's train/eval mode.
+    Raises ValueError for settings out of range (`sampling.Sampling`) or max_new_tokens < 1.
     """
-    _check_temperature(temperature)
+    sampling = Sampling(temperature, top_p, top_k)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    family = family_for(model)
     tokenizer = processor.tokenizer
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     attention_mask = batch.attention_mask
+    _, next_position = family.positions(model, batch.input_ids, attention_mask, batch.vision)
     last, cache = prefill(model, batch)
-    next_position = _position_ids(attention_mask)[:, -1:] + 1  # (B, 1)
     finished = torch.zeros(batch.input_ids.shape[0], dtype=torch.bool, device=batch.input_ids.device)
     tokens, logprobs, masks = [], [], []
     for step in range(max_new_tokens):
-        logp = _tempered_logprobs(model, last, temperature)  # (B, V)
-        if do_sample:
-            token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)  # (B,)
-        else:
-            token = logp.argmax(-1)
+        logp = _distribution(model, family, last, sampling)  # (B, V)
+        token = sample_tokens(logp, do_sample, generator)  # (B,)
         alive = ~finished
         token = torch.where(alive, token, torch.full_like(token, pad_id))
         tokens.append(token)
@@ -252,8 +287,7 @@ def generate(model, processor, batch: PromptBatch, max_new_tokens: int, temperat
             break
         # the cache sees exactly [prompt ; response] under mask prompt ++ response_mask, as in response_logprobs
         attention_mask = torch.cat([attention_mask, alive.long()[:, None]], dim=1)
-        out = model.model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position,
-                          cache=cache, use_cache=True)
+        out = family.trunk(model, token[:, None], attention_mask, next_position, cache=cache, use_cache=True)
         last, cache = out.last_hidden_state[:, -1], out.cache
         next_position = next_position + 1
     response_ids = torch.stack(tokens, 1)  # (B, R)
@@ -269,57 +303,65 @@ def generate(model, processor, batch: PromptBatch, max_new_tokens: int, temperat
     )
 
 
-def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """The image tokens the language model sees: vision tower + projector, ``(B, P, H)``.
+def vision_tower(model) -> torch.nn.Module:
+    """The policy's image encoder (the family's: ``model.model.vision_tower``, Qwen's ``visual``...)."""
+    return family_for(model).vision_tower(model)
 
-    ``pixel_values``: ``(B, 3, H_img, W_img)`` from the processor. Uses the model's own
-    ``get_image_features`` (transformers), so the feature layer and selection strategy of the
-    checkpoint apply.
-    """
-    features = model.model.get_image_features(pixel_values=pixel_values)
-    features = getattr(features, "pooler_output", features)
-    return torch.stack(list(features)) if isinstance(features, (list, tuple)) else features
+
+def vision_parameters(model) -> list[torch.nn.Parameter]:
+    """The parameters of the policy's vision tower and projector."""
+    return family_for(model).vision_parameters(model)
+
+
+def pooled_image_features(model, vision: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, H): the mean of each row's image tokens as the language model sees them (vision tower +
+    projector, the model's own ``get_image_features``). ``vision``: a `PromptBatch`'s."""
+    return family_for(model).pooled_image_features(model, vision)
 
 
 def response_distribution(model, batch: PromptBatch, response_ids: torch.Tensor, response_mask: torch.Tensor,
-                          temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher-forced next-token distributions over responses: one forward over [prompt ; response].
+                          temperature: float = 1.0, top_p: float = 1.0,
+                          top_k: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced next-token distributions over responses: one forward over [prompt ; response],
+    or, when prompts repeat (a rollout's samples), :func:`prefill` and one cached forward over the responses.
 
     batch: (B, T) left-padded prompts; response_ids, response_mask: (B, R), right-padded.
-    Returns (logp (B, R, V) float32 nats, log_softmax(logits / temperature) at the position that
-    predicts each response token; hidden (B, R, H), the final-norm last-layer state there), with
-    gradients. Values at padded positions are computed but meaningless; mask them.
-    Raises ValueError for temperature <= 0 or a batch-size mismatch.
+    Returns (logp (B, R, V) float32 nats of the sampled distribution (`sampling.token_logprobs`)
+    at the position that predicts each response token; hidden (B, R, H), the final-norm
+    last-layer state there), with gradients. Values at padded positions are computed but
+    meaningless; mask them.
+    Raises ValueError for settings out of range or a batch-size mismatch.
     """
-    _check_temperature(temperature)
+    sampling = Sampling(temperature, top_p, top_k)
     prompt_len = batch.input_ids.shape[1]
     if response_ids.shape[0] != batch.input_ids.shape[0]:
         raise ValueError(f"response_logprobs: {response_ids.shape[0]} responses for {batch.input_ids.shape[0]} prompts")
+    family = family_for(model)
+    input_ids = torch.cat([batch.input_ids, response_ids], dim=1)  # (B, T + R)
     attention_mask = torch.cat([batch.attention_mask, response_mask.to(batch.attention_mask.dtype)], dim=1)
-    positions = _position_ids(attention_mask)  # (B, T + R)
+    positions, _ = family.positions(model, input_ids, attention_mask, batch.vision)  # (..., B, T + R)
     if len(prompt_groups(batch)[0]) == len(response_ids):  # no prompt repeats: one forward over [prompt ; response]
-        out = model.model(input_ids=torch.cat([batch.input_ids, response_ids], dim=1), pixel_values=batch.pixel_values,
-                          attention_mask=attention_mask, position_ids=positions, use_cache=False)
+        out = family.trunk(model, input_ids, attention_mask, positions, batch.vision)
         hidden = out.last_hidden_state[:, prompt_len - 1 : -1]  # (B, R, H): position t predicts token t + 1
     else:  # each distinct prompt once, then every response on its prompt's cache
         last, cache = prefill(model, batch)
-        out = model.model(input_ids=response_ids, attention_mask=attention_mask, position_ids=positions[:, prompt_len:],
-                          cache=cache, use_cache=True)
+        out = family.trunk(model, response_ids, attention_mask, positions[..., prompt_len:], cache=cache,
+                           use_cache=True)
         hidden = torch.cat([last[:, None], out.last_hidden_state[:, :-1]], dim=1)  # (B, R, H)
-    return _tempered_logprobs(model, hidden, temperature), hidden  # (B, R, V), (B, R, H)
+    return _distribution(model, family, hidden, sampling), hidden  # (B, R, V), (B, R, H)
 
 
 def response_logprobs(model, batch: PromptBatch, response_ids: torch.Tensor, response_mask: torch.Tensor,
-                      temperature: float = 1.0, return_hidden: bool = False):
+                      temperature: float = 1.0, return_hidden: bool = False, top_p: float = 1.0, top_k: int = 0):
     """Teacher-forced scores of responses (see `response_distribution`), with gradients.
 
-    Returns (logprobs (B, R) float32 nats of each response token under log_softmax(logits / temperature),
-    entropy (B, R) float32 nats of that tempered distribution, hidden (B, R, H) or None): hidden is the
+    Returns (logprobs (B, R) float32 nats of each response token under the sampled distribution,
+    entropy (B, R) float32 nats of that distribution, hidden (B, R, H) or None): hidden is the
     final-norm last-layer state at the position that predicts each response token (the value head's input).
     Values at padded positions are computed but meaningless; mask them.
-    Raises ValueError for temperature <= 0 or a batch-size mismatch.
+    Raises ValueError for settings out of range or a batch-size mismatch.
     """
-    logp, hidden = response_distribution(model, batch, response_ids, response_mask, temperature)
+    logp, hidden = response_distribution(model, batch, response_ids, response_mask, temperature, top_p, top_k)
     logprobs = logp.gather(-1, response_ids[..., None]).squeeze(-1)  # (B, R)
     entropy = -(logp.exp() * logp).sum(-1)  # (B, R)
     return logprobs, entropy, (hidden if return_hidden else None)

@@ -30,6 +30,7 @@ import torch
 from transformers import (CLIPImageProcessor, FastVlmConfig, FastVlmForConditionalGeneration, LlamaConfig,
                           LlavaProcessor, ResNetConfig)
 
+from mmrlhf.models.families.llava import PRESET_CHAT_TEMPLATE
 from mmrlhf.models.reward import RewardModel, register_clip_config
 from mmrlhf.models.tokenizer import default_corpus, train_tokenizer
 
@@ -112,8 +113,10 @@ def build_policy_preset(name: str, out_dir: str | Path, seed: int = 0, corpus: l
 
     Saves model (config + safetensors), tokenizer (trained here on `corpus`, default
     `mmrlhf.models.tokenizer.default_corpus()`; see `train_tokenizer`)
-    and `LlavaProcessor` with `save_pretrained`; `load_policy(out_dir)` loads them. The
-    processor expands "<image>" to (64 / stride)^2 tokens, one per cell of the tower's feature map.
+    and `LlavaProcessor` with `save_pretrained`, its chat template
+    (`families.llava.PRESET_CHAT_TEMPLATE`: "<s><image>\n{prompt}\n") saved with it;
+    `load_policy(out_dir)` loads them. The processor expands "<image>" to (64 / stride)^2
+    tokens, one per cell of the tower's feature map.
     The global torch RNG is left untouched. Raises ValueError for an unknown name.
     """
     spec = _lookup(POLICY_PRESETS, name, "policy")
@@ -124,7 +127,8 @@ def build_policy_preset(name: str, out_dir: str | Path, seed: int = 0, corpus: l
                                          crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_center_crop=False)
     stride = vision_stride(spec)
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=stride,
-                               vision_feature_select_strategy="full", num_additional_image_tokens=0)
+                               vision_feature_select_strategy="full", num_additional_image_tokens=0,
+                               chat_template=PRESET_CHAT_TEMPLATE)
     vision = ResNetConfig(num_channels=3, embedding_size=spec.vision_widths[0], hidden_sizes=list(spec.vision_widths),
                           depths=list(spec.vision_depths), layer_type="basic", downsample_in_first_stage=False)
     vision.hidden_size = spec.vision_widths[-1]  # the projector's input width (FastVLM reads it)
@@ -135,14 +139,21 @@ def build_policy_preset(name: str, out_dir: str | Path, seed: int = 0, corpus: l
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     config = FastVlmConfig(vision_config=vision, text_config=text, image_token_index=tokenizer.image_token_id,
                            image_seq_length=(IMAGE_SIZE // stride) ** 2)
+    return save_random_policy(FastVlmForConditionalGeneration, config, processor, out_dir, seed)
+
+
+def save_random_policy(model_class, config, processor, out_dir: str | Path, seed: int) -> Path:
+    """``model_class(config)`` with random weights (seeded; the global torch RNG is left untouched),
+    its generation config's pad/bos/eos ids set from the processor's tokenizer, saved with
+    ``processor`` to ``out_dir`` (``save_pretrained``) for `load_policy`."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = FastVlmForConditionalGeneration(config)
+        model = model_class(config)
     for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
-        setattr(model.generation_config, key, getattr(tokenizer, key))
+        setattr(model.generation_config, key, getattr(processor.tokenizer, key))
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-    return out_dir
+    return Path(out_dir)
 
 
 def build_reward_preset(name: str, out_dir: str | Path, seed: int = 0) -> Path:

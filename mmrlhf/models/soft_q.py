@@ -18,7 +18,7 @@ from mmrlhf.models.policy import PromptBatch, response_distribution
 
 
 class SoftActorCritic(nn.Module):
-    """Policy (a LLaVA `AutoModelForImageTextToText`) + twin Q heads + target Q heads.
+    """Policy (an `AutoModelForImageTextToText` VLM) + twin Q heads + target Q heads.
 
     policy: the model from `load_policy`. The heads map (B, R, H) hidden states to (B, R, V)
     Q values and start at zero, so with a KL leash to the starting policy that policy is
@@ -36,17 +36,18 @@ class SoftActorCritic(nn.Module):
             nn.init.zeros_(head.bias)
         self.target_q_heads = copy.deepcopy(self.q_heads).requires_grad_(False)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
-                response_ids: torch.Tensor, response_mask: torch.Tensor, temperature: float = 1.0):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, vision: dict[str, torch.Tensor],
+                response_ids: torch.Tensor, response_mask: torch.Tensor, temperature: float = 1.0,
+                top_p: float = 1.0, top_k: int = 0):
         """One teacher-forced forward over [prompt ; response] (see `policy.response_distribution`).
 
-        input_ids, attention_mask: (B, T) left-padded prompts; pixel_values: (B, 3, H, W);
+        input_ids, attention_mask: (B, T) left-padded prompts; vision: {name: (B, ...)} (`PromptBatch.vision`);
         response_ids, response_mask: (B, R) right-padded.
         Returns (logp (B, R, V) nats, q1, q2 (B, R, V) with gradients, target_q1, target_q2
         (B, R, V) without), all float32; index t is the state before response token t.
         """
-        logp, hidden = response_distribution(self.policy, PromptBatch(input_ids, attention_mask, pixel_values),
-                                             response_ids, response_mask, temperature)
+        logp, hidden = response_distribution(self.policy, PromptBatch(input_ids, attention_mask, vision),
+                                             response_ids, response_mask, temperature, top_p, top_k)
         q1, q2 = (head(hidden).float() for head in self.q_heads)
         with torch.no_grad():
             target_q1, target_q2 = (head(hidden.detach()).float() for head in self.target_q_heads)

@@ -44,10 +44,16 @@ def default_corpus() -> list[str]:
     return DEFAULT_PROMPTS + [" ".join(DIGIT_WORDS), " ".join(CAPTION_WORDS), "? . , ! :"]
 
 
-def train_tokenizer(corpus: list[str] | None = None, out_dir: str | Path | None = None) -> PreTrainedTokenizerFast:
+def train_tokenizer(corpus: list[str] | None = None, out_dir: str | Path | None = None,
+                    named_tokens: dict[str, str] | None = None, control_tokens: tuple[str, ...] = ()
+                    ) -> PreTrainedTokenizerFast:
     """Train a WordLevel tokenizer on `corpus` (default: `default_corpus()`), save it if `out_dir`.
 
     Special tokens get ids 0..4: `<pad>`, `<s>`, `</s>`, `<unk>`, `<image>` (`image_token`).
+    named_tokens: other special tokens the tokenizer exposes by name (e.g. a VLM family's
+    ``{"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}``; an ``image_token`` here
+    replaces `<image>`), then `control_tokens` (chat-template markers such as `<|im_start|>`),
+    in that order after `<unk>`.
     Encoding prepends `<s>` (when `add_special_tokens=True`); padding is on the left, as the
     policy generates from left-padded prompts. Raises ValueError on an empty corpus.
     Source: Hugging Face `tokenizers` (WordLevel + Whitespace pre-tokenizer).
@@ -58,7 +64,9 @@ def train_tokenizer(corpus: list[str] | None = None, out_dir: str | Path | None 
     backend = Tokenizer(models.WordLevel(unk_token=UNK))
     backend.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.train_from_iterator(corpus, trainer=trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS))
+    named = {"image_token": IMAGE, **(named_tokens or {})}
+    specials = [PAD, BOS, EOS, UNK, *named.values(), *control_tokens]
+    backend.train_from_iterator(corpus, trainer=trainers.WordLevelTrainer(special_tokens=specials))
     bos_id = backend.token_to_id(BOS)
     backend.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos_id)]
@@ -69,7 +77,7 @@ def train_tokenizer(corpus: list[str] | None = None, out_dir: str | Path | None 
         bos_token=BOS,
         eos_token=EOS,
         unk_token=UNK,
-        extra_special_tokens={"image_token": IMAGE},
+        extra_special_tokens=named,
         padding_side="left",
     )
     if out_dir is not None:

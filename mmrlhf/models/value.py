@@ -42,16 +42,18 @@ class Actor(nn.Module):
         super().__init__()
         self.policy = policy
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
-                response_ids: torch.Tensor, response_mask: torch.Tensor, temperature: float = 1.0):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, vision: dict[str, torch.Tensor],
+                response_ids: torch.Tensor, response_mask: torch.Tensor, temperature: float = 1.0,
+                top_p: float = 1.0, top_k: int = 0):
         """(logprobs (B, R) nats, entropy (B, R) nats, None), as `ActorCritic.forward` without values."""
-        batch = PromptBatch(input_ids, attention_mask, pixel_values)
-        logprobs, entropy, _ = response_logprobs(self.policy, batch, response_ids, response_mask, temperature)
+        batch = PromptBatch(input_ids, attention_mask, vision)
+        logprobs, entropy, _ = response_logprobs(self.policy, batch, response_ids, response_mask, temperature,
+                                                 top_p=top_p, top_k=top_k)
         return logprobs, entropy, None
 
 
 class ActorCritic(nn.Module):
-    """Policy (a LLaVA `AutoModelForImageTextToText`) + `ValueHead` on its final hidden states.
+    """Policy (an `AutoModelForImageTextToText` VLM) + `ValueHead` on its final hidden states.
 
     policy: the model from `load_policy`; value_head: a trained head, or None for a fresh one.
     """
@@ -61,18 +63,19 @@ class ActorCritic(nn.Module):
         self.policy = policy
         self.value_head = value_head or ValueHead(policy.config.text_config.hidden_size).to(policy.dtype)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
-                response_ids: torch.Tensor, response_mask: torch.Tensor, temperature: float = 1.0):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, vision: dict[str, torch.Tensor],
+                response_ids: torch.Tensor, response_mask: torch.Tensor, temperature: float = 1.0,
+                top_p: float = 1.0, top_k: int = 0):
         """One teacher-forced forward over [prompt ; response] (see `policy.response_logprobs`).
 
-        input_ids, attention_mask: (B, T) left-padded prompts; pixel_values: (B, 3, H, W);
+        input_ids, attention_mask: (B, T) left-padded prompts; vision: {name: (B, ...)} (`PromptBatch.vision`);
         response_ids, response_mask: (B, R) right-padded.
         Returns (logprobs (B, R) nats, entropy (B, R) nats, values (B, R)) as float32 with
         gradients; values[:, t] estimates the return from the state before response token t.
         """
-        batch = PromptBatch(input_ids, attention_mask, pixel_values)
+        batch = PromptBatch(input_ids, attention_mask, vision)
         logprobs, entropy, hidden = response_logprobs(self.policy, batch, response_ids, response_mask,
-                                                      temperature, return_hidden=True)
+                                                      temperature, True, top_p, top_k)
         return logprobs, entropy, self.value_head(hidden)
 
     def save_pretrained(self, out_dir: str | Path, processor=None) -> Path:

@@ -34,7 +34,8 @@ from ray.exceptions import RayError, RayTaskError
 from mmrlhf.config import REWARD_VERSION, TOTAL
 from mmrlhf.data.media import decode_image
 from mmrlhf.metrics import record_reward_latency
-from mmrlhf.models.policy import encode_prompts, generate, load_policy
+from mmrlhf.models.policy import check_positions_fit, encode_prompts, generate, load_policy
+from mmrlhf.models.sampling import resolve_sampling
 from mmrlhf.sync import WeightTransport, load_state_dict_strict, state_dict_hash
 from mmrlhf.types import Rollout
 
@@ -107,7 +108,9 @@ class RolloutWorker:
         scorer_factory: builds the scoring function inside the worker's process (a handle to
             the Serve deployment, see :func:`serve_scorer`).
         seed: base seed of this worker's sampling generator.
-        temperature, max_new_tokens: sampling settings (tokens).
+        temperature, top_p, top_k: sampling settings; None takes the checkpoint's
+            ``generation_config`` (:func:`mmrlhf.models.sampling.resolve_sampling`), as the learner does.
+        max_new_tokens: response length limit (tokens).
         max_image_pixels: decompression-bomb cap for prompt images (pixels).
         device: where the policy replica samples ("cuda" when the actor has a GPU); rollouts
             come back on the CPU.
@@ -115,14 +118,16 @@ class RolloutWorker:
     """
 
     def __init__(self, policy_path: str, scorer_factory: Callable[[], Scorer], seed: int,
-                 temperature: float, max_new_tokens: int, max_image_pixels: int, device: str = "cpu", num_threads: int = 1) -> None:
+                 temperature: float | None, max_new_tokens: int, max_image_pixels: int, device: str = "cpu",
+                 num_threads: int = 1, top_p: float | None = None, top_k: int | None = None) -> None:
         torch.set_num_threads(num_threads)
         self.device = torch.device(device)
         self.model, self.processor = load_policy(policy_path)
         self.model.to(self.device).eval()
         self.score = scorer_factory()
         self.seed = seed
-        self.temperature, self.max_new_tokens = temperature, max_new_tokens
+        self.sampling = resolve_sampling(self.model.generation_config, temperature, top_p, top_k)
+        self.max_new_tokens = max_new_tokens
         self.max_image_pixels = max_image_pixels
         self.policy_version = 0
 
@@ -161,7 +166,8 @@ class RolloutWorker:
 
         Raises:
             mmrlhf.data.media.ImageDecodeError: a prompt image is unreadable (names the record).
-            ValueError: a reward source failed on the batch (names it).
+            ValueError: a reward source failed on the batch (names it); a record's image + prompt +
+                ``max_new_tokens`` exceed the policy's positions (names it, with the counts).
         """
         if weights is not None and weights[0] != self.policy_version:
             self.load_weights(weights[0], ray.get(weights[1][0]))
@@ -169,9 +175,10 @@ class RolloutWorker:
         rows = [r for r in records for _ in range(samples_per_prompt)]
         images = [decode_image(r["image"], r["id"], self.max_image_pixels) for r in rows]
         batch = encode_prompts(self.processor, images, [r["prompt"] for r in rows])
+        check_positions_fit(self.model, batch, self.max_new_tokens, [r["id"] for r in rows], "rl.max_new_tokens")
         generator = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + step)
         out = generate(self.model, self.processor, batch.to(self.device), self.max_new_tokens,
-                       temperature=self.temperature, generator=generator)
+                       generator=generator, **self.sampling.kwargs())
         generated = time.perf_counter()
         source_scores, reward_version = score_rows(self.score, images, out.texts, rows, step)
         scores = source_scores.pop(TOTAL)
@@ -179,7 +186,7 @@ class RolloutWorker:
         return Rollout(
             prompt_ids=[r["id"] for r in rows],
             sample_index=[i % samples_per_prompt for i in range(len(rows))],
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, pixel_values=batch.pixel_values,
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, vision=batch.vision,
             response_ids=out.response_ids.cpu(), response_mask=out.response_mask.cpu(), logprobs=out.logprobs.cpu(),
             finish_reason=out.finish_reason, texts=out.texts,
             policy_version=torch.full((len(rows),), self.policy_version, dtype=torch.int64),

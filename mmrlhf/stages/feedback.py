@@ -20,6 +20,7 @@ from mmrlhf.data.digits import gold_score
 from mmrlhf.data.schema import PREFERENCE_SCHEMA, write_table
 from mmrlhf.feedback.simulated import simulate_preferences
 from mmrlhf.models.policy import encode_prompts, generate, load_policy
+from mmrlhf.models.sampling import resolve_sampling
 from mmrlhf.stages.common import RunPaths, policy_path, seed_everything
 from mmrlhf.stages.lineage import (FEEDBACK_SIMULATE, SFT, check_current, check_no_dependents, lineage_of,
                                    stage_input, write_lineage)
@@ -55,6 +56,7 @@ def run_feedback_simulation(cfg: RunConfig, force: bool = False) -> int:
     check_no_dependents(cfg, record, FEEDBACK_SIMULATE.folder, force)
     model, processor = load_policy(str(sft))
     model.eval()
+    sampling = resolve_sampling(model.generation_config, fb.sample_temperature, fb.sample_top_p, fb.sample_top_k)
     table = load_split(cfg, "feedback").slice(0, fb.n_prompts)
     images = decode_images(table, cfg.data.max_image_pixels)
     ids, prompts = table.column("id").to_pylist(), table.column("prompt").to_pylist()
@@ -66,8 +68,8 @@ def run_feedback_simulation(cfg: RunConfig, force: bool = False) -> int:
         prompt_rows = range(start, min(start + _PROMPTS_PER_BATCH, len(ids)))
         rows = [i for i in prompt_rows for _ in range(k)]
         batch = encode_prompts(processor, [images[i] for i in rows], [prompts[i] for i in rows])
-        texts = generate(model, processor, batch, cfg.sft.max_new_tokens,
-                         temperature=fb.sample_temperature, generator=generator).texts
+        texts = generate(model, processor, batch, cfg.sft.max_new_tokens, generator=generator,
+                         **sampling.kwargs()).texts
         for n, i in enumerate(prompt_rows):
             samples = texts[n * k:(n + 1) * k]
             gold = [gold_score(t, references[i]) for t in samples]

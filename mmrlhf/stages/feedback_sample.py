@@ -1,7 +1,7 @@
 """Stage 3, feedback, for people: the policy's samples as comparison tasks (``mmrlhf feedback sample``).
 
 For ``feedback.n_prompts`` records of the feedback split a policy (the SFT policy by default)
-draws ``feedback.samples_per_prompt`` responses at ``feedback.sample_temperature``; the distinct
+draws ``feedback.samples_per_prompt`` responses at ``feedback.sample_temperature`` (and ``sample_top_p``/``sample_top_k``); the distinct
 ones become tasks (:mod:`mmrlhf.feedback.tasks`) in ``<run_dir>/feedback/tasks/``, for the
 labeling page (``mmrlhf feedback label``) or to fill in by hand and ``mmrlhf feedback import``.
 Prompts left with fewer than two distinct responses are skipped and counted.
@@ -18,6 +18,7 @@ from mmrlhf.data.digits import gold_score
 from mmrlhf.feedback.sampling import sample_distinct
 from mmrlhf.feedback.tasks import TASK_KINDS, PromptSamples, task_rows, write_tasks
 from mmrlhf.models.policy import load_policy
+from mmrlhf.models.sampling import resolve_sampling
 from mmrlhf.stages.common import RunPaths, policy_path, seed_everything
 from mmrlhf.stages.data import decode_images, load_split, prepare_data
 
@@ -54,7 +55,8 @@ def run_feedback_sample(cfg: RunConfig, kind: str = "ranking", policy: str = "sf
     table = load_split(cfg, "feedback").slice(0, fb.n_prompts)
     samples = sample_distinct(model, processor, decode_images(table, cfg.data.max_image_pixels),
                               table.column("prompt").to_pylist(), fb.samples_per_prompt, cfg.sft.max_new_tokens,
-                              fb.sample_temperature, generator)
+                              resolve_sampling(model.generation_config, fb.sample_temperature, fb.sample_top_p,
+                                               fb.sample_top_k), generator)
     prompts = []
     for record, responses in zip(table.to_pylist(), samples):
         if len(responses) < 2:

@@ -1,7 +1,8 @@
 """Fit checks run before a stage starts anything: settings that cannot fit the data or the cluster.
 
 Each names the config key to change. Plain functions over numbers, texts and resource dicts (no
-Ray): the RL stage passes ``ray.cluster_resources()`` and ``ray.available_resources()``.
+Ray): the RL stage passes ``ray.cluster_resources()`` and ``ray.available_resources()``; and one
+over a data split and the policy (:func:`check_split_fits_positions`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 
+import pyarrow as pa
+
 from mmrlhf.config import RunConfig
+from mmrlhf.models.policy import check_positions_fit, encode_prompts, load_policy
+from mmrlhf.stages.data import decode_images
 
 log = logging.getLogger(__name__)
 
@@ -115,3 +120,22 @@ def warn_truncation(tokenizer, references: Sequence[str], max_new_tokens: int, k
     warning = truncation_warning(reference_token_counts(tokenizer, references), max_new_tokens, key, what)
     if warning:
         log.warning("warning: %s", warning)
+
+
+def check_split_fits_positions(policy: str, table: pa.Table, max_image_pixels: int, max_new_tokens: int, key: str,
+                               batch_size: int = 256) -> None:
+    """Refuse, before anything starts, a record of ``table`` whose image tokens + prompt tokens +
+    ``max_new_tokens`` exceed the position limit of ``policy`` (a folder for ``load_policy``):
+    each record's prompt is encoded as the rollout workers will (image tokens are never cut).
+
+    Raises:
+        ValueError: one line naming the record, its counts, ``key`` and the limit
+            (:func:`mmrlhf.models.policy.check_positions_fit`).
+        mmrlhf.data.media.ImageDecodeError: a stored image is unreadable (names the record).
+    """
+    model, processor = load_policy(policy)
+    ids = table.column("id").to_pylist()
+    for start in range(0, table.num_rows, batch_size):
+        chunk = table.slice(start, batch_size)
+        batch = encode_prompts(processor, decode_images(chunk, max_image_pixels), chunk.column("prompt").to_pylist())
+        check_positions_fit(model, batch, max_new_tokens, ids[start:start + batch_size], key)

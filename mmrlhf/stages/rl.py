@@ -40,7 +40,7 @@ from mmrlhf.rollout.worker import RolloutGroup, serve_scorer
 from mmrlhf.stages.common import RunPaths, atomic_dir, policy_path
 from mmrlhf.stages.reward_train import reward_model_version
 from mmrlhf.stages.lineage import REWARD, RL, SFT, check_current, lineage_of, stage_input, write_lineage
-from mmrlhf.stages.fit import check_cluster_fits, check_prompts_fit, warn_truncation
+from mmrlhf.stages.fit import check_cluster_fits, check_prompts_fit, check_split_fits_positions, warn_truncation
 from mmrlhf.stages.data import load_split, prepare_data
 from mmrlhf.sync import ObjectStoreTransport, WeightSync, load_state_dict_strict
 
@@ -82,7 +82,8 @@ def rl_inputs(cfg: RunConfig, force: bool = False) -> str:
         FileNotFoundError: naming the missing output and the command that makes it.
         StaleOutputError: naming the stale output and the command that makes it again.
         ValueError: a reward source that cannot be imported or called (names it, one line), or
-            ``rl.prompts_per_step`` exceeds the feedback split. References longer than
+            ``rl.prompts_per_step`` exceeds the feedback split, or a record's image + prompt +
+            ``rl.max_new_tokens`` exceed the policy's positions (names it). References longer than
             ``rl.max_new_tokens`` are logged as a warning with the share that would be cut.
     """
     sft = str(policy_path(cfg, "sft"))
@@ -98,6 +99,7 @@ def rl_inputs(cfg: RunConfig, force: bool = False) -> str:
     check_prompts_fit("rl.prompts_per_step", cfg.rl.prompts_per_step, "feedback", pool.num_rows)
     warn_truncation(AutoTokenizer.from_pretrained(sft), [r for r in pool.column("reference").to_pylist() if r],
                     cfg.rl.max_new_tokens, "rl.max_new_tokens", "the feedback split's references")
+    check_split_fits_positions(sft, pool, cfg.data.max_image_pixels, cfg.rl.max_new_tokens, "rl.max_new_tokens")
     return sft
 
 
@@ -186,7 +188,8 @@ def rl_system(cfg: RunConfig, force: bool = False) -> Iterator[RLSystem]:
         rollout_group = RolloutGroup(
             rl.rollout_workers,
             dict(policy_path=sft, scorer_factory=lambda: serve_scorer(REWARD_APP, timeout_s=timeout_s, retries=retries),
-                 seed=cfg.seed, temperature=rl.temperature, max_new_tokens=rl.max_new_tokens,
+                 seed=cfg.seed, temperature=rl.temperature, top_p=rl.top_p, top_k=rl.top_k,
+                 max_new_tokens=rl.max_new_tokens,
                  max_image_pixels=cfg.data.max_image_pixels, device=_device(res.rollout_gpus)),
             _actor_options(res.rollout_cpus, res.rollout_gpus, res.rollout_resource),
             pad_token_id(sft), transport)

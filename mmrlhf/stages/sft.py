@@ -27,8 +27,8 @@ from mmrlhf.algorithms.masked import masked_mean
 from mmrlhf.algorithms.pretrain import bag_of_words_loss
 from mmrlhf.config import RunConfig, SFTConfig
 from mmrlhf.data.schema import record_references
-from mmrlhf.models.policy import (PromptBatch, encode_prompts, encode_responses, image_features, load_policy,
-                                  response_logprobs)
+from mmrlhf.models.policy import (PromptBatch, encode_prompts, encode_responses, load_policy, pooled_image_features,
+                                  response_logprobs, vision_parameters)
 from mmrlhf.metrics import log_to_tensorboard
 from mmrlhf.stages.common import RunPaths, atomic_dir, minibatches, policy_path, seed_everything, write_json
 from mmrlhf.stages.fit import warn_truncation
@@ -45,16 +45,16 @@ def sft_loss(model, batch: PromptBatch, response_ids: torch.Tensor, response_mas
     return -masked_mean(logprobs, response_mask)
 
 
-def vision_warmup(model, pixel_values: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor,
+def vision_warmup(model, vision: dict[str, torch.Tensor], response_ids: torch.Tensor, response_mask: torch.Tensor,
                   epochs: int, batch_size: int, lr: float, generator: torch.Generator) -> float:
     """Train the vision tower and projector to predict each reference's bag of words.
 
-    ``pixel_values``: ``(N, 3, H, W)``; ``response_ids``/``response_mask``: ``(N, R)``. A
+    ``vision``: a `PromptBatch`'s images ``{name: (N, ...)}``; ``response_ids``/``response_mask``: ``(N, R)``. A
     temporary linear head reads the mean of the image tokens; it is thrown away afterwards.
     Returns the last epoch's mean loss (nats).
     """
     head = torch.nn.Linear(model.config.text_config.hidden_size, model.config.text_config.vocab_size)
-    params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters(), *head.parameters()]
+    params = [*vision_parameters(model), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr)
     losses: list[float] = []
     progress = tqdm(range(epochs), desc="sft/vision-warmup", unit="epoch")
@@ -63,7 +63,7 @@ def vision_warmup(model, pixel_values: torch.Tensor, response_ids: torch.Tensor,
             progress.set_postfix(loss=f"{sum(losses) / len(losses):.3f}")
         losses = []
         for idx in minibatches(len(response_ids), batch_size, generator):
-            logits = head(image_features(model, pixel_values[idx]).mean(1))  # (B, V)
+            logits = head(pooled_image_features(model, {k: v[idx] for k, v in vision.items()}))  # (B, V)
             loss = bag_of_words_loss(logits, response_ids[idx], response_mask[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -76,7 +76,7 @@ def vision_warmup(model, pixel_values: torch.Tensor, response_ids: torch.Tensor,
 class SFTExamples:
     """Encoded (image, prompt, reference) examples: one per reference of each record."""
 
-    prompts: PromptBatch              # (N, T) left-padded prompts and (N, 3, H, W) images
+    prompts: PromptBatch              # (N, T) left-padded prompts and their images (N, ...)
     response_ids: torch.Tensor        # (N, R) reference tokens + eos, right-padded
     response_mask: torch.Tensor       # (N, R)
 
@@ -85,9 +85,7 @@ class SFTExamples:
 
     def batch(self, idx: torch.Tensor) -> tuple[PromptBatch, torch.Tensor, torch.Tensor]:
         """Rows ``idx`` as (prompts, response_ids, response_mask)."""
-        p = self.prompts
-        return (PromptBatch(p.input_ids[idx], p.attention_mask[idx], p.pixel_values[idx]),
-                self.response_ids[idx], self.response_mask[idx])
+        return self.prompts.rows(idx), self.response_ids[idx], self.response_mask[idx]
 
 
 def sft_examples(cfg: RunConfig, processor, split: str = "sft") -> SFTExamples:
@@ -182,7 +180,7 @@ def run_sft(cfg: RunConfig, force: bool = False) -> float:
     if cfg.sft.vision_warmup_epochs:
         # the eos token is in every bag alike, so it carries no signal about the image
         content = examples.response_mask * (examples.response_ids != processor.tokenizer.eos_token_id)
-        vision_warmup(model, examples.prompts.pixel_values, examples.response_ids, content,
+        vision_warmup(model, examples.prompts.vision, examples.response_ids, content,
                       cfg.sft.vision_warmup_epochs, cfg.sft.batch_size, cfg.sft.lr, generator)
     history = fit(model, examples, cfg.sft, generator, cfg.sft.epochs, val)
     with atomic_dir(paths.sft_policy) as out:

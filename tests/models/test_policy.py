@@ -8,7 +8,8 @@ import torch
 
 from mmrlhf.models import (build_policy_preset, encode_prompts, encode_responses, generate, load_policy,
                            response_logprobs)
-from mmrlhf.models.policy import image_features
+from mmrlhf.models.families import family_for
+from mmrlhf.models.policy import check_positions_fit, pooled_image_features
 
 PROMPTS = ["What number is written?", "What number is written in the image? Read the digits."]
 
@@ -72,8 +73,8 @@ def test_policy_save_load_round_trip(tiny_dir, tmp_path):
     texts = ["<image>\nWhat number is written?\n", "four one seven </s>", "unheard-of words"]
     assert processor.tokenizer(texts)["input_ids"] == processor2.tokenizer(texts)["input_ids"]
     a, b = encode_prompts(processor, _images(2), PROMPTS), encode_prompts(processor2, _images(2), PROMPTS)
-    for name in ("input_ids", "attention_mask", "pixel_values"):
-        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.attention_mask, b.attention_mask)
+    assert a.vision.keys() == b.vision.keys() and all(torch.equal(a.vision[k], b.vision[k]) for k in a.vision)
 
 
 def test_tiny_policy_under_1m_params_and_small_between_1m_and_10m(tiny, tmp_path):
@@ -85,11 +86,11 @@ def test_tiny_policy_under_1m_params_and_small_between_1m_and_10m(tiny, tmp_path
 def test_encode_prompts_left_pads_and_expands_the_image_to_one_token_per_feature_cell(tiny):
     model, processor = tiny
     batch = encode_prompts(processor, _images(2) + [np.zeros((64, 64, 3), np.uint8)], PROMPTS + ["Describe."])
-    assert batch.pixel_values.shape == (3, 3, 64, 64)
+    assert batch.vision["pixel_values"].shape == (3, 3, 64, 64)
     assert batch.attention_mask[:, -1].all() and not batch.attention_mask[0, 0]
     image_id = model.config.image_token_id
     assert ((batch.input_ids == image_id).sum(1) == model.config.image_seq_length).all()
-    assert image_features(model, batch.pixel_values).shape[:2] == (3, model.config.image_seq_length)
+    assert pooled_image_features(model, batch.vision).shape == (3, model.config.text_config.hidden_size)
     assert (batch.input_ids[batch.attention_mask == 0] == processor.tokenizer.pad_token_id).all()
 
 
@@ -202,6 +203,56 @@ def test_temperature_must_be_positive(tiny):
     batch = encode_prompts(processor, _images(1), PROMPTS[:1])
     with pytest.raises(ValueError, match="temperature must be > 0"):
         generate(model, processor, batch, 4, temperature=0.0)
+
+
+def _pre_family_logprobs(model, batch, response_ids, response_mask, temperature):
+    """The policy's log-probs as computed before the family seam: "<image>\\n{prompt}\\n" prompts,
+    1-D positions over real tokens, the image token's logit set to the float32 minimum."""
+    input_ids = torch.cat([batch.input_ids, response_ids], 1)
+    attention_mask = torch.cat([batch.attention_mask, response_mask], 1)
+    out = model.model(input_ids=input_ids, pixel_values=batch.vision["pixel_values"], attention_mask=attention_mask,
+                      position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0))
+    logits = model.get_output_embeddings()(out.last_hidden_state[:, batch.input_ids.shape[1] - 1:-1]).float()
+    logits = (logits / temperature).index_fill(-1, torch.tensor([model.config.image_token_id]),
+                                               torch.finfo(torch.float32).min)
+    return torch.log_softmax(logits, -1).gather(-1, response_ids[..., None]).squeeze(-1)
+
+
+def test_the_presets_prompts_and_logprobs_are_those_of_before_the_family_seam(tiny):
+    model, processor = tiny
+    images = _images(2)
+    batch = encode_prompts(processor, images, PROMPTS)
+    before = processor(images=[np.repeat(i[:, :, None], 3, 2) for i in images],
+                       text=[f"<image>\n{p}\n" for p in PROMPTS], return_tensors="pt", padding=True)
+    assert torch.equal(batch.input_ids, before["input_ids"]) and torch.equal(batch.attention_mask,
+                                                                              before["attention_mask"])
+    assert torch.equal(batch.vision["pixel_values"], before["pixel_values"])
+    gen = generate(model, processor, batch, 6, temperature=0.7, generator=torch.Generator().manual_seed(0))
+    logprobs, _, _ = response_logprobs(model, batch, gen.response_ids, gen.response_mask, temperature=0.7)
+    assert torch.equal(logprobs, _pre_family_logprobs(model, batch, gen.response_ids, gen.response_mask, 0.7))
+
+
+def test_image_tokens_prompt_and_max_new_tokens_above_the_position_limit_are_refused(tiny):
+    model, processor = tiny
+    batch = encode_prompts(processor, _images(2), PROMPTS)
+    limit = model.config.text_config.max_position_embeddings
+    longest = int(batch.attention_mask.sum(1).max())  # 64 image tokens + the longer prompt's
+    check_positions_fit(model, batch, limit - longest, ["r0", "r1"], "rl.max_new_tokens")
+    n_text = longest - model.config.image_seq_length
+    with pytest.raises(ValueError, match=rf"^record r1: 64 image tokens \+ {n_text} prompt tokens \+ "
+                                         rf"rl.max_new_tokens={limit - longest + 1} need {limit + 1} positions, "
+                                         rf"above the model's limit of {limit} \(1 record\(s\) too long\)"):
+        check_positions_fit(model, batch, limit - longest + 1, ["r0", "r1"], "rl.max_new_tokens")
+
+
+def test_a_model_of_an_unknown_family_is_named_with_the_supported_ones():
+    from transformers import BertConfig, BertModel
+
+    bert = BertModel(BertConfig(vocab_size=8, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+                                intermediate_size=8))
+    with pytest.raises(ValueError, match=r"^policy class BertModel \(model_type 'bert'\) has no family adapter; "
+                                         r"supported model types: .*fast_vlm.*llava.*qwen2_vl"):
+        family_for(bert)
 
 
 def test_pad_token_id_from_the_tokenizer_alone_is_the_processors(tiny_dir, tiny):

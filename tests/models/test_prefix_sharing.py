@@ -30,16 +30,15 @@ def test_prompt_groups_finds_each_distinct_prompt_in_order_of_first_row():
     ids = torch.tensor([[1, 2], [1, 2], [3, 4], [1, 2], [3, 4]])
     pixels = torch.zeros(5, 3, 2, 2)
     pixels[3, 0, 0, 0] = 1.0  # row 3: the same tokens as rows 0-1, another image
-    first, inverse = prompt_groups(PromptBatch(ids, torch.ones_like(ids), pixels))
+    first, inverse = prompt_groups(PromptBatch(ids, torch.ones_like(ids), {"pixel_values": pixels}))
     assert first.tolist() == [0, 2, 3]
     assert inverse.tolist() == [0, 0, 1, 2, 1]
 
 
 def _per_row_reference(model, batch, response_ids, response_mask):
     """Slow reference: one forward per row, alone (no other row, so no sharing)."""
-    rows = [response_distribution(model, PromptBatch(batch.input_ids[i:i + 1], batch.attention_mask[i:i + 1],
-                                                     batch.pixel_values[i:i + 1]),
-                                  response_ids[i:i + 1], response_mask[i:i + 1]) for i in range(len(response_ids))]
+    rows = [response_distribution(model, batch.rows(torch.tensor([i])), response_ids[i:i + 1], response_mask[i:i + 1])
+            for i in range(len(response_ids))]
     return torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
 
 

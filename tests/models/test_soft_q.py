@@ -15,7 +15,7 @@ def test_soft_actor_critic_gives_policy_distribution_and_trains_only_online_head
     batch = encode_prompts(processor, images, ["What number is written?", "What number is written in the image?"])
     response_ids, response_mask = encode_responses(processor, ["four one seven", "two"], max_len=8)
     sac = SoftActorCritic(model)
-    logp, q1, q2, target_q1, target_q2 = sac(batch.input_ids, batch.attention_mask, batch.pixel_values,
+    logp, q1, q2, target_q1, target_q2 = sac(batch.input_ids, batch.attention_mask, batch.vision,
                                              response_ids, response_mask, temperature=0.8)
     vocab = model.get_output_embeddings().weight.shape[0]
     assert logp.shape == q1.shape == target_q2.shape == (*response_ids.shape, vocab)

@@ -28,7 +28,7 @@ def test_actor_critic_forward_matches_response_logprobs_and_trains_the_head(tiny
     batch, response_ids, response_mask = _inputs(processor)
     ac = ActorCritic(model)
     torch.nn.init.normal_(ac.value_head.linear.weight)
-    logprobs, entropy, values = ac(batch.input_ids, batch.attention_mask, batch.pixel_values, response_ids,
+    logprobs, entropy, values = ac(batch.input_ids, batch.attention_mask, batch.vision, response_ids,
                                    response_mask, temperature=0.8)
     assert logprobs.shape == entropy.shape == values.shape == response_ids.shape
     expected, _, _ = response_logprobs(model, batch, response_ids, response_mask, temperature=0.8)
@@ -43,7 +43,7 @@ def test_actor_critic_forward_matches_response_logprobs_and_trains_the_head(tiny
 def test_value_head_starts_at_zero(tiny):
     model, processor = tiny
     batch, response_ids, response_mask = _inputs(processor)
-    _, _, values = ActorCritic(model)(batch.input_ids, batch.attention_mask, batch.pixel_values, response_ids,
+    _, _, values = ActorCritic(model)(batch.input_ids, batch.attention_mask, batch.vision, response_ids,
                                       response_mask)
     assert torch.equal(values, torch.zeros_like(values))
 

@@ -11,7 +11,7 @@ def scored(prompts: list[str], scores: list[float]) -> Rollout:
     n = len(prompts)
     return Rollout(prompt_ids=list(prompts), sample_index=list(range(n)),
                    input_ids=torch.zeros(n, 2, dtype=torch.long), attention_mask=torch.ones(n, 2, dtype=torch.long),
-                   pixel_values=torch.zeros(n, 3, 4, 4), response_ids=torch.arange(n)[:, None],
+                   vision={"pixel_values": torch.zeros(n, 3, 4, 4)}, response_ids=torch.arange(n)[:, None],
                    response_mask=torch.ones(n, 1, dtype=torch.long), logprobs=torch.zeros(n, 1),
                    finish_reason=["eos"] * n, texts=[f"t{i}" for i in range(n)],
                    policy_version=torch.zeros(n, dtype=torch.int64), scores=torch.tensor(scores))

@@ -7,8 +7,8 @@ import pytest
 import ray
 
 from mmrlhf.config import load_config
-from mmrlhf.stages.fit import (check_cluster_fits, check_prompts_fit, reference_token_counts, total_demand,
-                               truncation_warning)
+from mmrlhf.stages.fit import (check_cluster_fits, check_prompts_fit, check_split_fits_positions,
+                               reference_token_counts, total_demand, truncation_warning)
 from mmrlhf.models.tokenizer import train_tokenizer
 
 TINY = Path(__file__).resolve().parents[2] / "jobs" / "tiny.yaml"
@@ -70,3 +70,23 @@ def test_rl_system_on_a_real_cluster_too_small_refuses_before_starting_any_actor
             pass
     assert ray.available_resources().get("CPU") == ray.cluster_resources()["CPU"]  # no actor holds any
     assert not (tmp_path / "rl").exists()
+
+
+def test_a_record_too_long_for_the_policy_positions_is_refused_at_data_time(tmp_path):
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    from PIL import Image
+
+    from mmrlhf.models import build_policy_preset
+
+    policy = build_policy_preset("tiny", tmp_path / "policy")  # 256 positions, 64 image tokens
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(png, format="PNG")
+    table = pa.table({"id": ["short", "long"], "image": [png.getvalue()] * 2,
+                      "prompt": ["What number is written?", " ".join(["digits"] * 40)]})
+    check_split_fits_positions(str(policy), table.slice(0, 1), 16_000_000, 160, "rl.max_new_tokens")
+    with pytest.raises(ValueError, match=r"^record long: 64 image tokens \+ 41 prompt tokens \+ rl.max_new_tokens=160 "
+                                         r"need 265 positions, above the model's limit of 256"):
+        check_split_fits_positions(str(policy), table, 16_000_000, 160, "rl.max_new_tokens")

@@ -55,7 +55,7 @@ def _rollout(prompt_ids, r_len, t_len, scores, version=0, **extra):
     return Rollout(
         prompt_ids=prompt_ids, sample_index=list(range(b)),
         input_ids=torch.ones(b, t_len, dtype=torch.long), attention_mask=torch.ones(b, t_len, dtype=torch.long),
-        pixel_values=torch.zeros(b, 3, 2, 2), response_ids=torch.full((b, r_len), 5),
+        vision={"pixel_values": torch.zeros(b, 3, 2, 2)}, response_ids=torch.full((b, r_len), 5),
         response_mask=torch.ones(b, r_len), logprobs=torch.full((b, r_len), -1.0),
         finish_reason=["eos"] * b, texts=["t"] * b,
         policy_version=torch.full((b,), version), scores=torch.tensor(scores), **extra)

@@ -8,14 +8,19 @@ Outputs under `<run_dir>/agent/`: metrics.jsonl, curves.png, reward/v<k>/, clips
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
+import ray
+from ray import serve
 from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 from mmrlhf.agents.algorithm import TRUE_RETURN, algorithm_config
 from mmrlhf.agents.config import AgentConfig
 from mmrlhf.agents.report import AgentLog, plot_curves, random_return
 from mmrlhf.agents.reward_loop import RewardModelLoop, sample_random, take_clips
+from mmrlhf.agents.serve_reward import APP_NAME
+from mmrlhf.cluster import init_ray, shutdown_ray
 from mmrlhf.config import save_config
 
 INITIAL_SAMPLE_FACTOR = 20  # random-action env steps per initial query, for the first clips
@@ -61,3 +66,21 @@ def train_agent(cfg: AgentConfig, echo: Callable[[str], None] = print) -> list[d
                                                                       [r["true_return"] for r in log.rows])}
     plot_curves(out / "curves.png", curves, random_return(cfg.env.env_id, 20, cfg.seed), cfg.env.env_id)
     return log.rows
+
+
+def run_agent_train(cfg: AgentConfig) -> list[dict]:
+    """`mmrlhf agent train`: `train_agent` on the cluster at RAY_ADDRESS (a submitted job) or on a
+    new local one (4 logical CPUs, no dashboard), which it stops afterwards; on a joined cluster it
+    removes only its own Serve application."""
+    local = not os.environ.get("RAY_ADDRESS")
+    owned = not ray.is_initialized()
+    if owned:
+        init_ray(num_cpus=4 if local else None, include_dashboard=False if local else None)
+    try:
+        rows = train_agent(cfg)
+        if not local and cfg.reward == "learned":
+            serve.delete(APP_NAME)  # a shared cluster's other Serve applications stay up
+        return rows
+    finally:
+        if owned:
+            shutdown_ray(shutdown_serve=local)

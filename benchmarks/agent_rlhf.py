@@ -62,11 +62,11 @@ def main() -> None:
             finals: dict[str, list[float]] = {"learned": [], "true": [], "random": []}
             curves, minutes = {}, {"learned": [], "true": []}
             for seed in args.seeds:
-                for reward in ("learned", "true"):
+                for policy, reward in (("learned", "learned"), ("true", "env")):
                     history, wall = run_job(job, seed, reward, out, args.overrides)
-                    finals[reward].append(history[-1]["true_return"])
-                    minutes[reward].append(wall)
-                    curves[f"{reward} reward, seed {seed}"] = ([r["env_steps"] for r in history],
+                    finals[policy].append(history[-1]["true_return"])
+                    minutes[policy].append(wall)
+                    curves[f"{policy} reward, seed {seed}"] = ([r["env_steps"] for r in history],
                                                                [r["true_return"] for r in history])
                 env_id = load_agent_config(ROOT / "jobs" / f"agent_{job}.yaml").env.env_id
                 finals["random"].append(random_return(env_id, 100, seed))

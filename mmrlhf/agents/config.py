@@ -10,7 +10,7 @@ from pathlib import Path
 from mmrlhf.config import _check, _choice, _positive, load_config
 
 ALGORITHMS = ("ppo", "sac")
-REWARDS = ("learned", "true")
+REWARDS = ("learned", "env")  # "env": the environment's own (true) reward; "true" would parse as a YAML bool
 TRANSFORM_NAMES = ("identity", "sigmoid")  # the keys of mmrlhf.agents.env.TRANSFORMS
 
 
@@ -101,7 +101,7 @@ class PreferenceConfig:
 @dataclass
 class AgentConfig:
     """One agent run: `reward` "learned" (the Serve reward model, trained from preferences) or
-    "true" (the env's reward: the baseline); outputs under `run_dir`; `seed` seeds RLlib, the
+    "env" (the env's own, true reward: the baseline); outputs under `run_dir`; `seed` seeds RLlib, the
     envs, the ensemble and the annotator; `reward_cpus`: logical CPUs of the Serve replica."""
 
     run_dir: str = "runs/agent"

@@ -1,5 +1,5 @@
 """`mmrlhf agent train`: an RLlib agent trained on the Serve reward model learned from clip
-preferences (Christiano et al. 2017), or on the environment's reward (`reward: true`, the baseline).
+preferences (Christiano et al. 2017), or on the environment's reward (`reward: env`, the baseline).
 
 The loop reads like the paper's figure 1: the policy samples (RLlib EnvRunners, rewards from
 Serve), the annotator compares clips, the reward model is retrained and swapped in place.

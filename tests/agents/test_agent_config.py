@@ -34,4 +34,4 @@ def test_malformed_agent_config_is_one_line_naming_the_key(override, message):
 
 def test_agent_train_cli_exits_2_with_the_config_error_before_starting_ray(capsys):
     assert main(["agent", "train", "--config", "jobs/agent_pendulum.yaml", "reward=human"]) == 2
-    assert capsys.readouterr().err.strip() == "mmrlhf: config error: reward: got 'human', expected one of learned, true"
+    assert capsys.readouterr().err.strip() == "mmrlhf: config error: reward: got 'human', expected one of learned, env"

@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Callable
 
+from mmrlhf.agents.config import AgentConfig
 from mmrlhf.cli_help import COMMANDS
 from mmrlhf.config import ConfigError, RunConfig, load_config
 from mmrlhf.errors import CheckpointUnreachable
@@ -132,6 +133,12 @@ def _train(cfg: RunConfig, args: argparse.Namespace) -> None:
     run_train(cfg, resume=args.resume)
 
 
+def _agent_train(cfg: AgentConfig, args: argparse.Namespace) -> None:
+    from mmrlhf.agents.train import run_agent_train
+
+    run_agent_train(cfg)
+
+
 def _add_config_args(p: argparse.ArgumentParser, force: bool = True) -> None:
     p.add_argument("--config", help="experiment YAML, e.g. jobs/digits.yaml")
     if force:
@@ -202,6 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--swap", action="store_true", help="then swap the new weights into the running RL stage's "
                    "reward deployment in place (joins the cluster at RAY_ADDRESS)")
 
+    agent = sub.add_parser("agent", help="RLHF for control agents: RLlib PPO/SAC on a Serve reward model "
+                           "learned from clip preferences")
+    asub = agent.add_subparsers(dest="action", required=True)
+    entry = COMMANDS["agent train"]
+    p = asub.add_parser("train", help=entry.summary, description=entry.summary,
+                        epilog=f"reads:  {entry.reads}\nwrites: {entry.writes}",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_args(p, force=False)
+    p.set_defaults(fn=_agent_train, help_entry=entry, schema=AgentConfig)
+
     p = _stage_parser(sub, "eval", "eval", _eval)
     p.add_argument("--policy", help="'sft', 'rl', 'init' or a policy path (default sft; rl with --human)")
     p.add_argument("--human", action="store_true", help="human evaluation: write blind pairs of --baseline vs "
@@ -233,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     args.overrides += extra
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, schema=getattr(args, "schema", None))
     except (ConfigError, FileNotFoundError) as exc:
         print(f"mmrlhf: config error: {exc}", file=sys.stderr)
         return 2

@@ -63,6 +63,12 @@ COMMANDS = {
         "<run_dir>/rl/policy, rl/checkpoints, rl/metrics.jsonl, rl/consumed.jsonl, rl/lineage.json, TensorBoard",
         ("data", "rl", "reward", "resources"),
         "the last complete checkpoint in <run_dir>/rl/checkpoints is kept: `{command} --resume` continues from it"),
+    "agent train": CommandHelp(
+        "agent train", "RLlib PPO or SAC on a gymnasium env whose reward is the Serve frame reward model, "
+        "learned from simulated preferences over clips (jobs/agent_cartpole.yaml, jobs/agent_pendulum.yaml)",
+        "the job YAML (an AgentConfig: run_dir, seed, reward, env, rl, preferences)",
+        "<run_dir>/agent/{config.yaml,metrics.jsonl,curves.png,reward/v<k>/,clips/}", (),
+        "nothing is resumed: re-run `{command}` (metrics.jsonl is appended to)"),
     "eval": CommandHelp(
         "eval", "held-out exact match, BLEU, ROUGE-L, CIDEr, reward and gold score, retrieval recall@K",
         "<run_dir>/data/<eval.split>.parquet, the --policy, reward/model when trained",

@@ -466,8 +466,8 @@ class RunConfig:
         return Path(self.run_dir)
 
 
-def _allowed_keys(full_key: str) -> list[str]:
-    node: Any = RunConfig
+def _allowed_keys(full_key: str, schema: type | None = None) -> list[str]:
+    node: Any = schema or RunConfig
     for part in full_key.split(".")[:-1]:
         hints = {f.name: f for f in dataclasses.fields(node)}
         if part not in hints:
@@ -480,29 +480,32 @@ def _allowed_keys(full_key: str) -> list[str]:
 LIST_ITEMS = {RewardSourceConfig: "reward.sources[]"}
 
 
-def _one_line(exc: OmegaConfBaseException) -> str:
+def _one_line(exc: OmegaConfBaseException, schema: type | None = None) -> str:
     key = getattr(exc, "full_key", None) or "config"
     item_type = getattr(exc, "object_type", None)
     if item_type in LIST_ITEMS and "." not in key:
         key = f"{LIST_ITEMS[item_type]}.{key}"
     msg = str(exc).splitlines()[0]
     if isinstance(exc, ConfigKeyError):
-        allowed = [f.name for f in dataclasses.fields(item_type)] if item_type in LIST_ITEMS else _allowed_keys(key)
+        allowed = [f.name for f in dataclasses.fields(item_type)] if item_type in LIST_ITEMS else _allowed_keys(key, schema)
         if allowed:
             msg = f"unknown key; allowed here: {', '.join(allowed)}"
     return f"{key}: {msg}"
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, schema: type | None = None) -> Any:
     """Build a :class:`RunConfig` from defaults ← YAML file ← ``key=value`` overrides.
 
-    ``overrides`` use dotted keys (``rl.steps=4``, ``model.policy=tiny``).
+    ``overrides`` use dotted keys (``rl.steps=4``, ``model.policy=tiny``). ``schema``: another
+    top-level config dataclass built the same way (e.g. ``mmrlhf.agents.config.AgentConfig``);
+    default :class:`RunConfig`.
 
     Raises:
         ConfigError: unknown key, wrong type, value out of range, malformed override or YAML.
         FileNotFoundError: ``path`` does not exist.
     """
-    base = OmegaConf.structured(RunConfig)
+    schema = schema or RunConfig
+    base = OmegaConf.structured(schema)
     layers = []
     if path is not None:
         path = Path(path)
@@ -515,7 +518,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(layers[-1], DictConfig):
             raise ConfigError(f"{path}: the top level must be a mapping of sections (run_dir, data, rl, ...), "
                               f"got a {type(layers[-1]).__name__}")
-    sections = [f.name for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(f.default_factory)]
+    sections = [f.name for f in dataclasses.fields(schema) if dataclasses.is_dataclass(f.default_factory)]
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. rl.steps=4")
@@ -527,7 +530,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         merged = OmegaConf.merge(base, *layers)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        raise ConfigError(_one_line(exc)) from exc
+        raise ConfigError(_one_line(exc, schema)) from exc
 
 
 def to_dict(cfg: Any) -> dict:

@@ -8,7 +8,8 @@ from mmrlhf.cli import build_parser
 from mmrlhf.config import ConfigError, RewardSourceConfig, RunConfig, load_config, uses_model
 
 JOBS = sorted(Path(__file__).resolve().parents[1].joinpath("jobs").glob("*.yaml"))
-JOB_CONFIGS = [p for p in JOBS if p.name != "runtime_env.yaml"]
+# agent_*.yaml are `mmrlhf agent train` jobs (AgentConfig, tests/agents/test_agent_config.py)
+JOB_CONFIGS = [p for p in JOBS if p.name != "runtime_env.yaml" and not p.name.startswith("agent_")]
 
 
 def test_defaults_yaml_and_overrides_layer_in_order(tmp_path):

@@ -370,11 +370,12 @@ def build_reward_app(
     ).bind(*init_args)
 
 
-def code_version(init_args: tuple) -> str:
+def code_version(init_args: tuple, source: str | Path = __file__) -> str:
     """The deployment's code version: SHA-256 (16 hex digits) of its pickled init arguments and
-    of this module's source, so a change to either restarts the replicas on the next deploy."""
+    of the deployment's module source (`source`, default this module), so a change to either
+    restarts the replicas on the next deploy."""
     digest = hashlib.sha256(cloudpickle.dumps(init_args))
-    digest.update(Path(__file__).read_bytes())
+    digest.update(Path(source).read_bytes())
     return digest.hexdigest()[:16]
 
 

@@ -12,9 +12,10 @@ Two request shapes, each its own rows:
   2 rollout workers) at `--rollout-concurrency 2` (its 2 workers), what the RL loop sends.
 
 Serve settings, the same for every batch size: one replica with 1 CPU (Ray gives it 1 torch
-thread), `max_ongoing_requests` = `--max-ongoing` (default 128, above either concurrency, so no
-request waits in Serve's router: at Serve's default of 2 x batch size, batch-1 requests would be
-held there and back off), `batch_wait_timeout_s` 0.01 (the run's default). In-process: the same
+thread), `max_ongoing_requests` = `--max-ongoing`, default `build_reward_app`'s
+max(MIN_ONGOING_REQUESTS = 64, 2 x batch size), so no request of 64 concurrent callers waits in
+Serve's router (at 2 x batch size a batch-1 replica took 2 and the router held the rest, backing
+off), `batch_wait_timeout_s` 0.01 (the run's default). In-process: the same
 scorer (`RewardSources.score`) in the driver with 1 torch thread, on the same items in chunks of
 32 (the largest batch), no Ray. Clients are asyncio tasks in the driver (each awaits its
 response, then sends the next request); the driver's other core runs them and Serve's router.
@@ -99,7 +100,8 @@ def main() -> None:
     parser.add_argument("--rollout-items", type=int, default=64, help="items per request, rollout shape")
     parser.add_argument("--rollout-concurrency", type=int, default=2)
     parser.add_argument("--rollout-requests", type=int, default=16)
-    parser.add_argument("--max-ongoing", type=int, default=128, help="Serve max_ongoing_requests per replica")
+    parser.add_argument("--max-ongoing", type=int, default=None,
+                        help="Serve max_ongoing_requests per replica (default: build_reward_app's)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny preset, 64 + 4 requests, 1 round")
     parser.add_argument("--json", default=None)
@@ -110,7 +112,7 @@ def main() -> None:
     from mmrlhf.config import RewardSourceConfig
     from mmrlhf.models.presets import build_reward_preset
     from mmrlhf.reward.scorer import RewardScorer
-    from mmrlhf.reward.serve_app import build_reward_app, deploy_reward
+    from mmrlhf.reward.serve_app import MIN_ONGOING_REQUESTS, build_reward_app, deploy_reward
     from mmrlhf.reward.sources import RewardSources
     from ray import serve
 
@@ -161,8 +163,9 @@ def main() -> None:
         ratios[shape] = (rate["batch 32"] / rate["batch 1"], rate["batch 32"] / rate[IN_PROCESS])
         for row in rows[-4:]:
             row += [rate[row[1]] / rate["batch 1"], rate[row[1]] / rate[IN_PROCESS]]
+    ongoing = [args.max_ongoing or max(MIN_ONGOING_REQUESTS, 2 * b) for b in BATCH_SIZES]
     notes = [f"reward model preset {args.preset!r} (RewardScorer), one replica with 1 CPU, max_ongoing_requests="
-             f"{args.max_ongoing}, batch_wait_timeout_s=0.01; median of {args.rounds} alternating rounds after a "
+             f"{ongoing} (batch {list(BATCH_SIZES)}), batch_wait_timeout_s=0.01; median of {args.rounds} alternating rounds after a "
              "warm-up; latency percentiles over every request of those rounds (in-process: the wall time per request).",
              "in-process = RewardSources.score on the same items, 32 at a time, 1 torch thread, no Ray."]
     for shape, (batching, versus) in ratios.items():

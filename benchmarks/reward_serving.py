@@ -1,4 +1,4 @@
-"""Reward serving: requests/s, items/s and p50/p99 latency of the Serve reward deployment at @serve.batch sizes 1, 8, 32, beside an in-process call.
+"""Reward serving: requests/s, items/s, p50/p99 latency of Serve at @serve.batch sizes 1, 8, 32 vs an in-process call.
 
 The scorer is the default run's reward model (`RewardScorer` over the `small` preset, built here
 from its config with random weights: the cost of a forward does not depend on training), the
@@ -116,7 +116,8 @@ def main() -> None:
     from mmrlhf.reward.sources import RewardSources
     from ray import serve
 
-    shapes = {f"{args.items} item/request, concurrency {args.concurrency}": (args.items, args.concurrency, args.requests),
+    first = f"{args.items} item{'s' if args.items > 1 else ''}/request, concurrency {args.concurrency}"
+    shapes = {first: (args.items, args.concurrency, args.requests),
               f"{args.rollout_items} items/request (a rollout), concurrency {args.rollout_concurrency}":
                   (args.rollout_items, args.rollout_concurrency, args.rollout_requests)}
     with tempfile.TemporaryDirectory() as scratch, local_ray(num_cpus=4):
@@ -165,8 +166,9 @@ def main() -> None:
             row += [rate[row[1]] / rate["batch 1"], rate[row[1]] / rate[IN_PROCESS]]
     ongoing = [args.max_ongoing or max(MIN_ONGOING_REQUESTS, 2 * b) for b in BATCH_SIZES]
     notes = [f"reward model preset {args.preset!r} (RewardScorer), one replica with 1 CPU, max_ongoing_requests="
-             f"{ongoing} (batch {list(BATCH_SIZES)}), batch_wait_timeout_s=0.01; median of {args.rounds} alternating rounds after a "
-             "warm-up; latency percentiles over every request of those rounds (in-process: the wall time per request).",
+             f"{ongoing} (batch {list(BATCH_SIZES)}), batch_wait_timeout_s=0.01; median of {args.rounds} alternating "
+             "rounds after a warm-up; latency percentiles over every request of those rounds (in-process: the "
+             "wall time per request).",
              "in-process = RewardSources.score on the same items, 32 at a time, 1 torch thread, no Ray."]
     for shape, (batching, versus) in ratios.items():
         verdict = "met" if batching >= GATE_BATCHING and versus >= GATE_IN_PROCESS else "missed"

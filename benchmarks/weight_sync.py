@@ -33,6 +33,11 @@ from rundir import local_ray
 
 GATE, GATE_FROM_MB = 0.5, 100
 MB = 2**20
+# Rounds discarded first: each publish writes a new object while the last version is still held,
+# so the store's memory for the two live versions is touched for the first time in the first two
+# rounds, and first touches of fresh memory ran at 0.2-0.8 GB/s on this VM (10-20 GB/s once
+# touched). A run publishes every step, so what follows them is its steady state.
+WARMUP = 2
 
 
 def make_weights(nbytes: int, tensors: int) -> nn.Module:
@@ -131,7 +136,7 @@ def zero3_row(mb: float, tensors: int, rounds: int) -> tuple[float, float]:
     replica = ray.remote(num_cpus=0)(Replica).remote(nbytes, tensors)
     with LearnerGroup(2, zero3_factory(nbytes, tensors), cfg, cpus_per_rank=1) as group:
         sync = WeightSync([replica])
-        seconds = [sync.publish(group, version)["sync/seconds"] for version in range(1, rounds + 2)][1:]
+        seconds = [sync.publish(group, version)["sync/seconds"] for version in range(1, rounds + WARMUP + 1)][WARMUP:]
         if ray.get(replica.weights_hash.remote()) != group.param_hash():
             raise RuntimeError("weight_sync: the replica's weights differ from the ZeRO-3 group's")
     ray.kill(replica)
@@ -162,7 +167,7 @@ def main() -> None:
             splits[mb] = {}
             runs[f"sync {mb:g}"] = timed_sync(WeightSync([replica]), Source(publisher), splits[mb])
             runs[f"memcpy {mb:g}"] = timed_memcpy(nbytes)
-        values = common.alternating(runs, args.rounds)
+        values = common.alternating(runs, args.rounds, warmup=WARMUP)
         hashes = ray.get([a.weights_hash.remote() for a in actors[1::2]])
         for actor in actors:
             ray.kill(actor)
@@ -179,14 +184,16 @@ def main() -> None:
     _, copy_bandwidth = fit_bandwidth(list(sizes.values()), list(copy_s.values()))
     rows.append(["fit (all sizes)", f"{fixed:.3g} + bytes/bw", "", "", bandwidth / 1e9, copy_bandwidth / 1e9,
                  bandwidth / copy_bandwidth])
-    zero3_copy = statistics.median(common.alternating({"memcpy": timed_memcpy(zero3_bytes)}, args.rounds)["memcpy"])
+    zero3_copy = statistics.median(common.alternating({"memcpy": timed_memcpy(zero3_bytes)}, args.rounds,
+                                                      warmup=WARMUP)["memcpy"])
     rows.append([f"ZeRO-3 2 ranks, gather + sync, {args.zero3_mb:g} MB", zero3_seconds, "", "",
                  zero3_bytes / zero3_seconds / 1e9, zero3_bytes / zero3_copy / 1e9, zero3_copy / zero3_seconds])
     gated = [copy_s[mb] / sync_s[mb] for mb in sizes if mb >= GATE_FROM_MB]
     verdict = ("met" if min(gated) >= GATE else "missed") if gated else f"not measured (no size >= {GATE_FROM_MB} MB)"
-    notes = [f"{args.tensors} float32 tensors per state dict; median of {args.rounds} alternating rounds after a "
-             "warm-up. sync = WeightSync.publish: the publisher actor returns a SharedStateDict (one copy into the "
-             "object store) and a worker actor binds its parameters to the mapped arrays (bind_state_dict, as "
+    notes = [f"{args.tensors} float32 tensors per state dict; median of {args.rounds} alternating rounds after "
+             f"{WARMUP} warm-up rounds (the store's memory for two live versions touched once). sync = "
+             "WeightSync.publish: the publisher actor returns a SharedStateDict (one copy into the object store) "
+             "and a worker actor binds its parameters to the mapped arrays (bind_state_dict, as "
              "RolloutWorker.load_weights); publish = until the ref is ready, load = the rest (the worker's call).",
              "memcpy = numpy.copyto between two preallocated arrays in the driver, the same bytes, the same rounds. "
              "ratio = memcpy seconds / sync seconds (= sync bandwidth / memcpy bandwidth); the ZeRO-3 row's memcpy "

@@ -1,4 +1,4 @@
-"""benchmarks/reward_serving.py --quick runs end to end: every batch size and the in-process call, both request shapes."""
+"""benchmarks/reward_serving.py --quick runs end to end: each batch size and in-process, both request shapes."""
 
 from __future__ import annotations
 

@@ -18,7 +18,8 @@ def test_weight_sync_quick_reports_every_size_the_fit_and_zero3(tmp_path):
     subprocess.run([sys.executable, "weight_sync.py", "--quick", "--json", str(out)],
                    cwd=BENCH, env=env, check=True, timeout=600)
     result = json.loads(out.read_text())
-    assert [row[0] for row in result["rows"]] == ["1 MB", "4 MB", "fit (all sizes)", "ZeRO-3 2 ranks, gather + sync, 4 MB"]
+    assert [row[0] for row in result["rows"]] == ["1 MB", "4 MB", "fit (all sizes)",
+                                                  "ZeRO-3 2 ranks, gather + sync, 4 MB"]
     for row in result["rows"]:
         sync_gb_s, memcpy_gb_s, ratio = row[4:7]
         assert all(math.isfinite(v) and v > 0 for v in (sync_gb_s, memcpy_gb_s, ratio)), row

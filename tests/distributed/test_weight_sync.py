@@ -75,7 +75,8 @@ def test_bind_copies_what_it_cannot_share_and_refuses_a_mismatch_changing_nothin
     before = state_dict_hash(replica.state_dict())
     bad = {**published, "extra": torch.zeros(1)}
     bad["proj.bias"] = torch.zeros(3)
-    with pytest.raises(ValueError, match=r"bind_state_dict into Tied: 0 missing keys \[\], 1 unexpected keys "
-                                         r"\['extra'\], 1 shape mismatches \['proj.bias: model \(8,\) vs given \(3,\)'\]"):
+    with pytest.raises(ValueError, match=r"bind_state_dict into Tied: 0 missing keys \[\], "
+                                         r"1 unexpected keys \['extra'\], "
+                                         r"1 shape mismatches \['proj.bias: model \(8,\) vs given \(3,\)'\]"):
         bind_state_dict(replica, bad)
     assert state_dict_hash(replica.state_dict()) == before

@@ -7,6 +7,12 @@ version that only goes up. The driver-side `WeightSync` times the whole hop (`sy
 Transports (one small interface, `WeightTransport`):
 - `ObjectStoreTransport` (built, the default): the state dict lives once in the Ray object store
   (Ray docs, "Objects"); each rollout worker reads it from its node's shared-memory store.
+  It travels as a `SharedStateDict`: each tensor's bytes as a numpy uint8 array, which Ray
+  serialises out of band (pickle protocol 5) and a reader maps zero-copy from shared memory
+  (Ray docs, "Serialization: numpy arrays"), where torch's own pickling would copy every tensor
+  through `torch.save` bytes on both sides. Publishing then costs one copy into the store, and a
+  CPU rollout worker binds its parameters to the mapped arrays (`bind_state_dict`), so loading
+  copies nothing; the bytes from 1 MB to 500 MB are timed by `benchmarks/weight_sync.py`.
 - NCCL broadcast (NOT built): on GPU clusters the copy through host memory and the object store
   costs seconds for a billion parameters. The faster path is a process group separate from the
   DeepSpeed world group, made of learner rank 0 plus every rollout worker (e.g. with
@@ -21,8 +27,11 @@ from __future__ import annotations
 
 import hashlib
 import time
+import warnings
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol, Sequence
 
+import numpy as np
 import ray
 import torch
 from ray import ObjectRef
@@ -106,14 +115,68 @@ class WeightSync:
         return {"sync/seconds": time.perf_counter() - start, "sync/version": float(version)}
 
 
-def load_state_dict_strict(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
-    """Copy `state_dict` into `model` in place, after checking every key and shape.
+class SharedStateDict(Mapping[str, Tensor]):
+    """A read-only state dict {name: Tensor} that crosses the Ray object store without copies.
 
-    Values are cast to the model's dtype and device by `load_state_dict`'s copy.
-    Raises ValueError listing the missing keys, unexpected keys and shape mismatches
-    (first 5 of each), instead of torch's error from deep inside `load_state_dict`.
+    Each tensor is kept as its raw bytes, a 1-D numpy uint8 array (with its torch dtype and
+    shape), because Ray serialises numpy arrays out of band (pickle protocol 5): `ray.put` copies
+    the bytes once into shared memory and `ray.get` maps them back without a copy (Ray docs,
+    "Serialization"), which torch tensors' own pickling (through `torch.save` bytes) does not.
+    Tensors that share storage (tied weights) are stored once. The values are views: built from a
+    state dict they alias its tensors, read from the object store they alias shared memory, which
+    is read-only by contract (other readers map the same bytes); clone a value to change it.
+    Built with `from_state_dict`; the constructor is for unpickling.
     """
-    expected = model.state_dict()
+
+    def __init__(self, entries: dict[str, tuple[str, tuple[int, ...], np.ndarray]]) -> None:
+        self._entries = entries  # name -> (torch dtype name, shape, uint8 bytes (nbytes,))
+        with warnings.catch_warnings():
+            # Arrays mapped from the object store are flagged read-only; torch warns that it
+            # cannot flag tensors so. Read-only is this class's contract (see the docstring).
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            self._tensors = {name: torch.from_numpy(raw).view(getattr(torch, dtype)).reshape(shape)
+                             for name, (dtype, shape, raw) in entries.items()}
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping[str, Tensor]) -> "SharedStateDict":
+        """Wrap `state_dict`'s tensors (moved to the CPU and made contiguous only where they aren't).
+
+        CPU contiguous tensors are not copied: the result aliases them until it is serialised.
+        """
+        arrays: dict[tuple, np.ndarray] = {}  # one array per distinct storage view, so pickle stores tied weights once
+        entries = {}
+        for name, tensor in state_dict.items():
+            tensor = tensor.detach().cpu().contiguous()
+            key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
+            if key not in arrays:
+                arrays[key] = tensor.reshape(-1).view(torch.uint8).numpy()
+            entries[name] = (str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), arrays[key])
+        return cls(entries)
+
+    def __reduce__(self):
+        return SharedStateDict, (self._entries,)
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self._tensors[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held, each shared storage counted once."""
+        return sum(raw.nbytes for raw in {id(raw): raw for _, _, raw in self._entries.values()}.values())
+
+
+def _check_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], caller: str) -> dict[str, Tensor]:
+    """`model.state_dict()`, after checking `state_dict` has exactly its keys and shapes.
+
+    Raises ValueError listing the missing keys, unexpected keys and shape mismatches (first 5 of each).
+    """
+    expected = model.state_dict(keep_vars=True)
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     mismatched = [
@@ -123,13 +186,49 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, Tensor]) -> N
     ]
     if missing or unexpected or mismatched:
         raise ValueError(
-            f"load_state_dict_strict into {type(model).__name__}: "
+            f"{caller} into {type(model).__name__}: "
             f"{len(missing)} missing keys {missing[:5]}, "
             f"{len(unexpected)} unexpected keys {unexpected[:5]}, "
             f"{len(mismatched)} shape mismatches {mismatched[:5]}"
         )
+    return expected
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+    """Copy `state_dict` into `model` in place, after checking every key and shape.
+
+    Values are cast to the model's dtype and device by `load_state_dict`'s copy.
+    Raises ValueError listing the missing keys, unexpected keys and shape mismatches
+    (first 5 of each), instead of torch's error from deep inside `load_state_dict`.
+    """
+    _check_state_dict(model, state_dict, "load_state_dict_strict")
     with torch.no_grad():
         model.load_state_dict(state_dict, strict=True)
+
+
+def bind_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+    """Make `model`'s parameters and buffers the tensors of `state_dict` (no copy) where they can be.
+
+    For an inference-only replica: a value with the model's dtype and device becomes the
+    parameter's `.data` (or the buffer) itself, so a `SharedStateDict` read from the object store
+    is used where it lies in shared memory, read-only, and the model must not write its weights
+    (no optimiser, no in-place updates); any other value is copied in, cast as in
+    `load_state_dict_strict`. Keys and shapes are checked first, nothing is changed on error.
+    Raises ValueError as `load_state_dict_strict`.
+    """
+    expected = _check_state_dict(model, state_dict, "bind_state_dict")
+    with torch.no_grad():
+        for name, current in expected.items():
+            value = state_dict[name]
+            if value.dtype != current.dtype or value.device != current.device:
+                current.copy_(value)
+                continue
+            module_name, _, attr = name.rpartition(".")
+            module = model.get_submodule(module_name)
+            if attr in module._parameters:
+                module._parameters[attr].data = value
+            else:
+                module._buffers[attr] = value
 
 
 def state_dict_hash(state_dict: dict[str, Tensor]) -> str:

@@ -148,7 +148,7 @@ def _is_zero3_partitioned(tensor: Tensor) -> bool:
     return hasattr(tensor, "ds_id")
 
 
-def gather_full_state_dict(engine: DeepSpeedEngine) -> dict[str, Tensor]:
+def gather_full_state_dict(engine: DeepSpeedEngine, copy: bool = True) -> dict[str, Tensor]:
     """The model's full, unsharded state dict as CPU tensors, on rank 0; {} on the other ranks.
 
     Keys and shapes are those of `engine.module.state_dict()` on the unwrapped model (parameters
@@ -157,6 +157,9 @@ def gather_full_state_dict(engine: DeepSpeedEngine) -> dict[str, Tensor]:
     `deepspeed.zero.GatheredParameters` (DeepSpeed docs, "ZeRO-3: gathering parameters"), so peak
     extra memory is one full parameter, not the whole model; that gather is collective, so every
     rank must call this function, in the same order relative to other collectives.
+    copy=False returns the CPU tensors that are not partitioned as they are (views of the live
+    weights, for a caller that serialises them at once, e.g. into the object store); partitioned
+    ones are always copied out of the gather, whose full tensor is freed after it.
     """
     rank = torch.distributed.get_rank()
     full: dict[str, Tensor] = {}
@@ -166,7 +169,7 @@ def gather_full_state_dict(engine: DeepSpeedEngine) -> dict[str, Tensor]:
                 if rank == 0:
                     full[name] = tensor.detach().to("cpu", copy=True)
         elif rank == 0:
-            full[name] = tensor.detach().to("cpu", copy=True)
+            full[name] = tensor.detach().to("cpu", copy=copy)
     return full
 
 

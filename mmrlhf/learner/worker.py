@@ -32,7 +32,7 @@ from mmrlhf.learner.engine import (
     load_engine_checkpoint,
     save_engine_checkpoint,
 )
-from mmrlhf.sync import state_dict_hash
+from mmrlhf.sync import SharedStateDict, state_dict_hash
 
 LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict[str, float | Tensor]]]
 POLICY_PREFIX = "policy."
@@ -205,21 +205,24 @@ class LearnerWorker:
         torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
         return {k: v / self.world_size for k, v in zip(keys, values.tolist())}
 
-    def state_dict_for_sync(self) -> dict[str, Tensor] | None:
-        """Full CPU weights on rank 0 (see `engine.gather_full_state_dict`), None on others.
+    def state_dict_for_sync(self) -> SharedStateDict | None:
+        """Full CPU weights on rank 0 (see `engine.gather_full_state_dict`) as a `SharedStateDict`,
+        None on others. Collective under ZeRO-3: call it on every rank."""
+        return self._shared_weights("")
 
-        Collective under ZeRO-3: call it on every rank.
-        """
-        full = gather_full_state_dict(self.engine)
-        return full if self.rank == 0 else None
-
-    def policy_state_dict_for_sync(self) -> dict[str, Tensor] | None:
+    def policy_state_dict_for_sync(self) -> SharedStateDict | None:
         """Rank 0: the full weights of the model's `policy` sub-module (no value or Q heads) under
         the policy's own key names, what rollout workers load; None on others. Collective."""
-        full = self.state_dict_for_sync()
-        if full is None:
+        return self._shared_weights(POLICY_PREFIX)
+
+    def _shared_weights(self, prefix: str) -> SharedStateDict | None:
+        # Not copied where ZeRO does not partition them: these views of the live weights are
+        # serialised into the object store when the actor method returns, before any later call
+        # can change them.
+        full = gather_full_state_dict(self.engine, copy=False)
+        if self.rank != 0:
             return None
-        return {k[len(POLICY_PREFIX):]: v for k, v in full.items() if k.startswith(POLICY_PREFIX)}
+        return SharedStateDict.from_state_dict({k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)})
 
     def get_param_hash(self) -> str | None:
         """`sync.state_dict_hash` of the full weights on rank 0, None on others. Collective."""

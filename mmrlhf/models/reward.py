@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import open_clip
 import torch
+from open_clip.transform import MaybeConvertMode, MaybeToTensor
 from PIL import Image
 from safetensors.torch import load_model, save_model
 from torch import nn
+from torchvision.transforms import CenterCrop, Compose, Normalize, Resize
 
 from mmrlhf.models.policy import as_rgb_uint8
 
@@ -141,10 +143,18 @@ class RewardModel(nn.Module):
     def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
         """uint8 images (H, W) grayscale or (H, W, 3) RGB -> (B, 3, S, S) float, CLIP-normalised.
 
-        Uses the open_clip evaluation transform (resize, centre crop, normalise).
+        Uses the open_clip evaluation transform (resize, centre crop, normalise). Images already at
+        the transform's square size skip Pillow: for them resize and crop are the identity, and the
+        rest is done on the whole batch at once (`canvas_preprocess`), bit for bit the same
+        values; the per-image Pillow round trip was about a quarter of a reward call's time on the
+        digits canvas (py-spy, benchmarks/reward_serving.py).
         Raises ValueError naming the index of a non-uint8 or badly shaped image.
         """
-        return torch.stack([self.image_transform(Image.fromarray(as_rgb_uint8(im, i))) for i, im in enumerate(images)])
+        rgb = [as_rgb_uint8(im, i) for i, im in enumerate(images)]
+        canvas = canvas_transform(self.image_transform)
+        if canvas is not None and rgb and all(im.shape[:2] == (canvas[0], canvas[0]) for im in rgb):
+            return canvas_preprocess(rgb, *canvas[1:])
+        return torch.stack([self.image_transform(Image.fromarray(im)) for im in rgb])
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """texts -> (B, L) int64 tokens, L = the text tower's context length (longer texts are cut).
@@ -194,6 +204,28 @@ class RewardModel(nn.Module):
         if not path.is_file():
             raise FileNotFoundError(f"reward model weights not found: {path}")
         load_model(self, str(path), strict=True, device=str(self.bias.device))
+
+
+def canvas_transform(transform) -> tuple[int, torch.Tensor, torch.Tensor] | None:
+    """(S, mean (3, 1, 1), std (3, 1, 1)) when `transform` is open_clip's evaluation transform to a
+    square S x S (Resize(S), CenterCrop(S), RGB, to-tensor, Normalize), else None."""
+    steps = transform.transforms if isinstance(transform, Compose) else []
+    kinds = (Resize, CenterCrop, MaybeConvertMode, MaybeToTensor, Normalize)
+    if len(steps) != len(kinds) or not all(isinstance(step, kind) for step, kind in zip(steps, kinds)):
+        return None
+    resize, crop, mode, _, normalize = steps
+    size = resize.size if isinstance(resize.size, int) else (resize.size[0] if len(resize.size) == 1 else None)
+    if size is None or tuple(crop.size) != (size, size) or mode.mode != "RGB":
+        return None
+    as_column = lambda values: torch.as_tensor(values, dtype=torch.float32).reshape(-1, 1, 1)  # noqa: E731
+    return size, as_column(normalize.mean), as_column(normalize.std)
+
+
+def canvas_preprocess(images: list[np.ndarray], mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """B uint8 (S, S, 3) images -> (B, 3, S, S) float32, as torchvision's `to_tensor` then `normalize`
+    compute each image (channels first, / 255, - mean, / std), on the whole batch at once."""
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (B, 3, S, S) uint8
+    return pixels.to(torch.float32).div(255).sub_(mean).div_(std)
 
 
 def read_config(model_dir: str | Path) -> dict:

@@ -55,6 +55,11 @@ from mmrlhf.reward.sources import RewardSources, Scorer, check_batch, load_rule_
 
 FAULTS = ("none", "fail", "hang")
 MAX_ITEMS_PER_REQUEST = 256
+# Requests a replica accepts at once, at least. Requests above the limit wait in Serve's router,
+# which retries them with a backoff: at 2 x max_batch_size, a batch-1 replica took 2 of 64
+# concurrent one-item callers and the rest waited there (benchmarks/reward_serving.py). A replica
+# queues what it accepted in its @serve.batch queue, so accepting more costs no more than waiting.
+MIN_ONGOING_REQUESTS = 64
 MAX_IMAGE_PIXELS = 4096 * 4096  # decoded width x height; larger images are refused, not resized
 HEALTH_IMAGE = np.full((8, 8), 128, dtype=np.uint8)  # (H, W) mid-grey
 HEALTH_TEXT = "health check"
@@ -328,8 +333,8 @@ def build_reward_app(
     replicas: a fixed replica count, or a Serve `autoscaling_config` dict (e.g.
     {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}).
     ray_actor_options: per replica, e.g. {"num_cpus": 1, "num_gpus": 0.5}; default 1 CPU.
-    max_ongoing_requests: per replica; default 2 * max_batch_size; must be >= max_batch_size or
-    batches could never fill. batch_wait_timeout_s: seconds a partial batch waits for more.
+    max_ongoing_requests: per replica; default max(MIN_ONGOING_REQUESTS, 2 * max_batch_size); must
+    be >= max_batch_size or batches could never fill. batch_wait_timeout_s: seconds a partial batch waits for more.
     health_check_period_s, health_check_timeout_s: how often Serve runs `check_health` and how
     long one may take before the replica counts as unhealthy and is replaced (seconds).
     device: where each replica's scorer runs ("cuda" needs `num_gpus` in `ray_actor_options`).
@@ -343,7 +348,7 @@ def build_reward_app(
                          f"when a source is {MODEL_SOURCE!r} or {CLIPSCORE_SOURCE!r}")
     if max_batch_size < 1:
         raise ValueError(f"build_reward_app: max_batch_size={max_batch_size}, must be >= 1")
-    max_ongoing_requests = max_ongoing_requests or 2 * max_batch_size
+    max_ongoing_requests = max_ongoing_requests or max(MIN_ONGOING_REQUESTS, 2 * max_batch_size)
     if max_ongoing_requests < max_batch_size:
         raise ValueError(
             f"build_reward_app: max_ongoing_requests={max_ongoing_requests} is below "

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import ray
@@ -36,7 +36,7 @@ from mmrlhf.data.media import decode_image
 from mmrlhf.metrics import record_reward_latency
 from mmrlhf.models.policy import check_positions_fit, encode_prompts, generate, load_policy
 from mmrlhf.models.sampling import resolve_sampling
-from mmrlhf.sync import WeightTransport, load_state_dict_strict, state_dict_hash
+from mmrlhf.sync import WeightTransport, bind_state_dict, state_dict_hash
 from mmrlhf.types import Rollout
 
 # (images, responses, references, prompts) -> {source label: (B,), "total": (B,), "reward_version": (B,)}
@@ -131,9 +131,15 @@ class RolloutWorker:
         self.max_image_pixels = max_image_pixels
         self.policy_version = 0
 
-    def load_weights(self, version: int, state_dict: dict[str, torch.Tensor]) -> int:
-        """Load published policy weights (strict keys/shapes) and take their ``version``."""
-        load_state_dict_strict(self.model, state_dict)
+    def load_weights(self, version: int, state_dict: Mapping[str, torch.Tensor]) -> int:
+        """Load published policy weights (strict keys/shapes) and take their ``version``.
+
+        The replica only reads its weights, so it uses the published tensors as they are
+        (:func:`mmrlhf.sync.bind_state_dict`): read from the object store on a CPU worker, they
+        stay in the node's shared memory, one copy for every worker there, and loading copies
+        nothing; on a GPU worker they are copied to the device.
+        """
+        bind_state_dict(self.model, state_dict)
         self.policy_version = version
         return version
 

@@ -107,6 +107,17 @@ def test_learner_group_zero_stages_agree(ray_cluster):
             torch.testing.assert_close(weights[name], ref, rtol=1e-5, atol=1e-6, msg=msg)
 
 
+def test_published_weights_stay_as_published_after_the_next_step_without_zero3(ray_cluster):
+    # Without ZeRO-3 rank 0 hands the object store views of its live weights (no copy): the
+    # published version must be the weights at publish time, not whatever a later step makes them.
+    with LearnerGroup(2, make_mlp, ds_config(2), cpus_per_rank=1) as group:
+        ref = group.weights()
+        before = group.param_hash()
+        group.train_step(make_batch(seed=5), mse_loss)
+        assert group.param_hash() != before
+        assert state_dict_hash(ray.get(ref)) == before
+
+
 def test_zero3_first_step_matches_single_process_adamw(zero3_group):
     batch = make_batch(seed=1)
     ref_loss, ref_weights = reference_step(batch)

@@ -172,3 +172,33 @@ def test_register_clip_config_replaces_by_name_and_leaves_no_files(tmp_path, mon
     assert not open_clip.factory._MODEL_CONFIG_PATHS[-1].exists()  # the file open_clip read is gone
     with pytest.raises(ValueError, match="missing keys"):
         register_clip_config("mmrlhf-test-bad", {"embed_dim": 8})
+
+
+@pytest.mark.parametrize("mean, std", [((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+                                       (open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)])
+def test_canvas_sized_images_skip_pillow_with_the_same_pixels_bit_for_bit(tiny_dir, mean, std):
+    from PIL import Image
+
+    from mmrlhf.models.policy import as_rgb_uint8
+    from mmrlhf.models.reward import canvas_preprocess, canvas_transform
+
+    model = RewardModel.from_pretrained(tiny_dir)
+    rng = np.random.default_rng(3)
+    canvas = [rng.integers(0, 256, (64, 64), dtype=np.uint8), rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)]
+    transform = open_clip.image_transform(64, is_train=False, mean=mean, std=std)
+    size, mean_column, std_column = canvas_transform(transform)
+    reference = torch.stack([transform(Image.fromarray(as_rgb_uint8(im, i))) for i, im in enumerate(canvas)])
+    assert size == 64 and torch.equal(canvas_preprocess([as_rgb_uint8(im, 0) for im in canvas], mean_column, std_column),
+                                      reference)
+    # through the model: canvas-sized batches take the batched path, a batch with another size the Pillow one
+    pil = torch.stack([model.image_transform(Image.fromarray(as_rgb_uint8(im, i))) for i, im in enumerate(canvas)])
+    assert torch.equal(model.preprocess(canvas), pil)
+    mixed = model.preprocess([*canvas, np.zeros((40, 50, 3), np.uint8)])
+    assert mixed.shape == (3, 3, 64, 64) and torch.equal(mixed[:2], pil)
+
+
+def test_canvas_transform_refuses_a_transform_that_is_not_a_square_eval_resize():
+    from mmrlhf.models.reward import canvas_transform
+
+    assert canvas_transform(open_clip.image_transform(64, is_train=True)) is None
+    assert canvas_transform(open_clip.image_transform((64, 48), is_train=False)) is None

@@ -1,0 +1,208 @@
+"""Weight sync: seconds to publish weights through the Ray object store and load them in a worker, beside a memcpy.
+
+The real path of `mmrlhf.sync`: `WeightSync.publish(source, version)` takes `source.weights()`
+(an ObjectRef to a `SharedStateDict` returned by an actor, as learner rank 0 returns its
+`state_dict_for_sync`), keeps it in `ObjectStoreTransport` and waits until a worker actor has
+run `load_weights(version, state_dict)`, which calls `bind_state_dict` as `RolloutWorker` does.
+The weights are `--tensors` float32 tensors of equal size, 1 MB to 500 MB in all. Beside each
+size, in the same rounds: a memcpy of as many bytes between two preallocated numpy arrays in the
+driver (`numpy.copyto`). Bandwidths are fitted over all sizes (seconds = a + bytes / bandwidth,
+least squares); the gate (issue 14) is sync >= 0.5x memcpy bandwidth at 100 MB and above.
+
+One more row: the full hop from a real 2-rank DeepSpeed ZeRO-3 learner group (gloo, every
+parameter partitioned): rank 0 gathers each parameter (`GatheredParameters`), publishes, and
+the worker loads, at `--zero3-mb` MB.
+
+    python benchmarks/weight_sync.py [--sizes-mb 1 10 50 100 200 500] [--rounds 5] [--json out.json]
+    python benchmarks/weight_sync.py --quick      # < 1 minute smoke run (1 and 4 MB, ZeRO-3 at 4 MB)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import ray
+import torch
+from torch import nn
+
+import common
+from rundir import local_ray
+
+GATE, GATE_FROM_MB = 0.5, 100
+MB = 2**20
+# Rounds discarded first: each publish writes a new object while the last version is still held,
+# so the store's memory for the two live versions is touched for the first time in the first two
+# rounds, and first touches of fresh memory ran at 0.2-0.8 GB/s on this VM (10-20 GB/s once
+# touched). A run publishes every step, so what follows them is its steady state.
+WARMUP = 2
+
+
+def make_weights(nbytes: int, tensors: int) -> nn.Module:
+    """A module of `tensors` float32 parameters holding `nbytes` bytes in all (rounded down to whole floats)."""
+    per = max(1, nbytes // 4 // tensors)
+    return nn.ParameterList([nn.Parameter(torch.randn(per)) for _ in range(tensors)])
+
+
+class Publisher:
+    """Stands in for learner rank 0 without ZeRO partitioning: returns its weights as rank 0 does."""
+
+    def __init__(self, nbytes: int, tensors: int) -> None:
+        self.model = make_weights(nbytes, tensors)
+
+    def state_dict_for_sync(self):
+        from mmrlhf.sync import SharedStateDict
+
+        return SharedStateDict.from_state_dict(self.model.state_dict())
+
+
+class Source:
+    """`WeightSync`'s view of a learner group: `weights()` -> ObjectRef once the actor has returned it
+    (as `LearnerGroup.weights`); records the seconds that took in `last_seconds`."""
+
+    def __init__(self, publisher) -> None:
+        self.publisher, self.last_seconds = publisher, 0.0
+
+    def weights(self):
+        start = time.perf_counter()
+        ref = self.publisher.state_dict_for_sync.remote()
+        ray.wait([ref], fetch_local=False)
+        self.last_seconds = time.perf_counter() - start
+        return ref
+
+
+class Replica:
+    """A rollout worker's weight-loading side: `load_weights` as `RolloutWorker.load_weights`."""
+
+    def __init__(self, nbytes: int, tensors: int) -> None:
+        torch.manual_seed(1)
+        self.model = make_weights(nbytes, tensors)
+
+    def load_weights(self, version: int, state_dict) -> int:
+        from mmrlhf.sync import bind_state_dict
+
+        bind_state_dict(self.model, state_dict)
+        return version
+
+    def weights_hash(self) -> str:
+        from mmrlhf.sync import state_dict_hash
+
+        return state_dict_hash(self.model.state_dict())
+
+
+def fit_bandwidth(nbytes: list[int], seconds: list[float]) -> tuple[float, float]:
+    """(fixed seconds a, bytes/s) of the least-squares line seconds = a + bytes / bandwidth."""
+    slope, intercept = np.polyfit(np.asarray(nbytes, dtype=float), np.asarray(seconds, dtype=float), 1)
+    return float(intercept), float(1.0 / slope)
+
+
+def timed_sync(sync, source, split: dict[str, list[float]]):
+    version = [0]
+
+    def run() -> float:
+        version[0] += 1
+        seconds = sync.publish(source, version[0])["sync/seconds"]
+        split.setdefault("publish", []).append(source.last_seconds)
+        return seconds
+    return run
+
+
+def timed_memcpy(nbytes: int):
+    src, dst = np.random.randint(0, 255, nbytes, dtype=np.uint8), np.zeros(nbytes, dtype=np.uint8)
+
+    def run() -> float:
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        return time.perf_counter() - start
+    return run
+
+
+def zero3_factory(nbytes: int, tensors: int):
+    def build() -> nn.Module:
+        return make_weights(nbytes, tensors)
+    return build
+
+
+def zero3_row(mb: float, tensors: int, rounds: int) -> tuple[float, float]:
+    """(median seconds, publish share) of gather + publish + load from a 2-rank ZeRO-3 group."""
+    from mmrlhf.learner import LearnerGroup, deepspeed_config
+    from mmrlhf.sync import WeightSync
+
+    cfg = deepspeed_config(3, micro_batch_size=1, grad_accum=1, lr=1e-3, weight_decay=0.0, grad_clip=0.0)
+    cfg["zero_optimization"]["stage3_param_persistence_threshold"] = 0  # partition every parameter
+    nbytes = int(mb * MB)
+    replica = ray.remote(num_cpus=0)(Replica).remote(nbytes, tensors)
+    with LearnerGroup(2, zero3_factory(nbytes, tensors), cfg, cpus_per_rank=1) as group:
+        sync = WeightSync([replica])
+        seconds = [sync.publish(group, version)["sync/seconds"] for version in range(1, rounds + WARMUP + 1)][WARMUP:]
+        if ray.get(replica.weights_hash.remote()) != group.param_hash():
+            raise RuntimeError("weight_sync: the replica's weights differ from the ZeRO-3 group's")
+    ray.kill(replica)
+    return statistics.median(seconds), nbytes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes-mb", type=float, nargs="+", default=[1, 10, 50, 100, 200, 500])
+    parser.add_argument("--tensors", type=int, default=64, help="tensors per state dict")
+    parser.add_argument("--zero3-mb", type=float, default=100)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="1 and 4 MB, ZeRO-3 at 4 MB, 3 rounds")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    if args.quick:
+        args.sizes_mb, args.zero3_mb, args.rounds = [1, 4], 4, 3
+
+    from mmrlhf.sync import WeightSync
+
+    runs, splits, sizes = {}, {}, {mb: int(mb * MB) for mb in args.sizes_mb}
+    with local_ray(num_cpus=2):
+        actors = []
+        for mb, nbytes in sizes.items():
+            publisher = ray.remote(num_cpus=0)(Publisher).remote(nbytes, args.tensors)
+            replica = ray.remote(num_cpus=0)(Replica).remote(nbytes, args.tensors)
+            actors += [publisher, replica]
+            splits[mb] = {}
+            runs[f"sync {mb:g}"] = timed_sync(WeightSync([replica]), Source(publisher), splits[mb])
+            runs[f"memcpy {mb:g}"] = timed_memcpy(nbytes)
+        values = common.alternating(runs, args.rounds, warmup=WARMUP)
+        hashes = ray.get([a.weights_hash.remote() for a in actors[1::2]])
+        for actor in actors:
+            ray.kill(actor)
+        zero3_seconds, zero3_bytes = zero3_row(args.zero3_mb, args.tensors, args.rounds)
+    if len(set(hashes)) != len(hashes):
+        raise RuntimeError("weight_sync: replicas of different sizes hold equal weights; the sync did not happen")
+
+    sync_s = {mb: statistics.median(values[f"sync {mb:g}"]) for mb in sizes}
+    copy_s = {mb: statistics.median(values[f"memcpy {mb:g}"]) for mb in sizes}
+    publish_s = {mb: statistics.median(splits[mb]["publish"][-args.rounds:]) for mb in sizes}
+    rows = [[f"{mb:g} MB", sync_s[mb], publish_s[mb], sync_s[mb] - publish_s[mb], sizes[mb] / sync_s[mb] / 1e9,
+             sizes[mb] / copy_s[mb] / 1e9, copy_s[mb] / sync_s[mb]] for mb in sizes]
+    fixed, bandwidth = fit_bandwidth(list(sizes.values()), list(sync_s.values()))
+    _, copy_bandwidth = fit_bandwidth(list(sizes.values()), list(copy_s.values()))
+    rows.append(["fit (all sizes)", f"{fixed:.3g} + bytes/bw", "", "", bandwidth / 1e9, copy_bandwidth / 1e9,
+                 bandwidth / copy_bandwidth])
+    zero3_copy = statistics.median(common.alternating({"memcpy": timed_memcpy(zero3_bytes)}, args.rounds,
+                                                      warmup=WARMUP)["memcpy"])
+    rows.append([f"ZeRO-3 2 ranks, gather + sync, {args.zero3_mb:g} MB", zero3_seconds, "", "",
+                 zero3_bytes / zero3_seconds / 1e9, zero3_bytes / zero3_copy / 1e9, zero3_copy / zero3_seconds])
+    gated = [copy_s[mb] / sync_s[mb] for mb in sizes if mb >= GATE_FROM_MB]
+    verdict = ("met" if min(gated) >= GATE else "missed") if gated else f"not measured (no size >= {GATE_FROM_MB} MB)"
+    notes = [f"{args.tensors} float32 tensors per state dict; median of {args.rounds} alternating rounds after "
+             f"{WARMUP} warm-up rounds (the store's memory for two live versions touched once). sync = "
+             "WeightSync.publish: the publisher actor returns a SharedStateDict (one copy into the object store) "
+             "and a worker actor binds its parameters to the mapped arrays (bind_state_dict, as "
+             "RolloutWorker.load_weights); publish = until the ref is ready, load = the rest (the worker's call).",
+             "memcpy = numpy.copyto between two preallocated arrays in the driver, the same bytes, the same rounds. "
+             "ratio = memcpy seconds / sync seconds (= sync bandwidth / memcpy bandwidth); the ZeRO-3 row's memcpy "
+             "is timed at its size after the group is gone.",
+             f"gate: sync >= {GATE}x memcpy bandwidth at {GATE_FROM_MB} MB and above: {verdict}."]
+    common.report("Weight sync through the Ray object store vs memcpy",
+                  ["weights", "sync s", "publish s", "load s", "sync GB/s", "memcpy GB/s", "ratio"],
+                  rows, notes, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""benchmarks/weight_sync.py --quick runs end to end: a row per size, the fit and the ZeRO-3 row, finite values."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def test_weight_sync_quick_reports_every_size_the_fit_and_zero3(tmp_path):
+    out = tmp_path / "sync.json"
+    env = {**os.environ, "PYTHONPATH": str(BENCH.parent)}
+    subprocess.run([sys.executable, "weight_sync.py", "--quick", "--json", str(out)],
+                   cwd=BENCH, env=env, check=True, timeout=600)
+    result = json.loads(out.read_text())
+    assert [row[0] for row in result["rows"]] == ["1 MB", "4 MB", "fit (all sizes)",
+                                                  "ZeRO-3 2 ranks, gather + sync, 4 MB"]
+    for row in result["rows"]:
+        sync_gb_s, memcpy_gb_s, ratio = row[4:7]
+        assert all(math.isfinite(v) and v > 0 for v in (sync_gb_s, memcpy_gb_s, ratio)), row
+    for row in result["rows"][:2]:
+        assert row[1] >= row[2] > 0  # the whole hop takes at least its publish part

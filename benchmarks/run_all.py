@@ -29,9 +29,12 @@ QUICK_TRAINING = ["sft.epochs=2", "sft.vision_warmup_epochs=1", "feedback.n_prom
                   "reward.clip_epochs=1"]
 MARK = "<!-- benchmarks/{} -->"
 NOTES = "<!-- notes: written by people, kept by run_all.py -->"
-SCRIPTS = {  # script: its arguments beyond --run-dir and --json
-    "vs_trl.py": ["--rounds", "3"],
-    "rollout_scaling.py": ["--rounds", "5"],
+RUN = "RUN"  # stands for the run directory in SCRIPTS' arguments
+SCRIPTS = {  # script: its arguments beyond --json
+    "vs_trl.py": ["--run-dir", RUN, "--rounds", "3"],
+    "rollout_scaling.py": ["--run-dir", RUN, "--rounds", "5"],
+    "reward_serving.py": ["--rounds", "3"],
+    "weight_sync.py": ["--rounds", "5"],
 }
 
 
@@ -42,20 +45,19 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="scripts to run (default: all)")
     args = parser.parse_args()
     sections = {script: text for script, text in kept_sections(Path(args.out)).items() if script in SCRIPTS}
+    chosen = {script: extra for script, extra in SCRIPTS.items() if not args.only or script in args.only}
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = args.run_dir
-        if run_dir is None:
+        if run_dir is None and any(RUN in extra for extra in chosen.values()):
             run_dir = str(Path(tmp) / "run")
             prepared_run(None, Path(run_dir), str(HERE.parent / "jobs" / "digits.yaml"), QUICK_TRAINING)
-        for script, extra in SCRIPTS.items():
-            if args.only and script not in args.only:
-                continue
+        for script, extra in chosen.items():
             out = Path(tmp) / f"{script}.json"
-            command = [sys.executable, script, "--run-dir", run_dir, *extra, "--json", str(out)]
+            command = [sys.executable, script, *(run_dir if a == RUN else a for a in extra), "--json", str(out)]
             start = time.perf_counter()
             subprocess.run(command, cwd=HERE, check=True)
             result = json.loads(out.read_text())
-            shown = " ".join(["python", f"benchmarks/{script}", "--run-dir", "RUN", *extra])
+            shown = " ".join(["python", f"benchmarks/{script}", *extra])
             sections[script] = (f"{MARK.format(script)}\n{result['markdown']}\ncommand: `{shown}` "
                                 f"({time.perf_counter() - start:.0f} s, {time.strftime('%Y-%m-%d')})\n")
     Path(args.out).write_text("\n".join([

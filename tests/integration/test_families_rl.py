@@ -21,7 +21,11 @@ from tests.models.families import builders
 from .conftest import clone_run
 
 
-VISION_KEYS = {"qwen2_vl": {"pixel_values", "image_grid_thw"}}  # what each family's rollouts carry
+VISION_KEYS = {  # what each family's rollouts carry
+    "qwen2_vl": {"pixel_values", "image_grid_thw"},
+    "llava_onevision": {"pixel_values", "image_sizes", "batch_num_images"},
+    "idefics3": {"pixel_values", "pixel_attention_mask"},
+}
 
 
 @pytest.mark.parametrize("family", sorted(VISION_KEYS))

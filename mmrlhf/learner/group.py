@@ -121,6 +121,9 @@ class LearnerGroup:
                 f"LearnerGroup: could not place {num_ranks} ranks of {bundle} within "
                 f"{ready_timeout_s}s; cluster has {ray.cluster_resources()}"
             ) from None
+        except BaseException:  # interrupted while waiting: the placement group must not outlive us
+            self.shutdown()
+            raise
 
         def in_bundle(rank: int) -> PlacementGroupSchedulingStrategy:
             return PlacementGroupSchedulingStrategy(

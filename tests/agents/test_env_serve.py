@@ -5,6 +5,7 @@ import numpy as np
 import math
 
 import pytest
+from ray import serve
 
 from mmrlhf.agents.algorithm import algorithm_config
 from mmrlhf.agents.config import load_agent_config
@@ -12,19 +13,20 @@ from mmrlhf.agents.env import find_wrapper, make_env
 from mmrlhf.agents.frames import downsample
 from mmrlhf.agents.reward_client import RewardCallError, RewardClient
 from mmrlhf.agents.reward_model import FrameRewardEnsemble
-from mmrlhf.agents.serve_reward import deploy_frame_reward
+from mmrlhf.agents.serve_reward import APP_NAME, deploy_frame_reward
 
 SIZE = 32
 
 
 @pytest.fixture(scope="module")
 def deployment(ray_cluster, tmp_path_factory):
-    """The frame reward deployment at version 0 with a seed-0 ensemble; returns (handle, ensemble, weights dir).
-    Serve stops with the session's cluster."""
+    """The frame reward deployment at version 0 with a seed-0 ensemble; yields (handle, ensemble, weights dir).
+    Deleted after the module, so its replica's CPU share goes back to the session's cluster."""
     weights = tmp_path_factory.mktemp("frame_reward") / "v0"
     ensemble = FrameRewardEnsemble(members=3, size=SIZE, seed=0)
     ensemble.save(weights)
-    return deploy_frame_reward(weights, version=0, num_cpus=0.25), ensemble, weights
+    yield deploy_frame_reward(weights, version=0, num_cpus=0.25), ensemble, weights
+    serve.delete(APP_NAME)
 
 
 def _env(learned=True, num_envs=2):

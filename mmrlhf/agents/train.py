@@ -24,6 +24,7 @@ from mmrlhf.cluster import init_ray, shutdown_ray
 from mmrlhf.config import save_config
 
 INITIAL_SAMPLE_FACTOR = 20  # random-action env steps per initial query, for the first clips
+MAX_INITIAL_SAMPLES = 10  # rounds of random sampling for the first 2 clips; then loop.round names the shortfall
 
 
 def train_agent(cfg: AgentConfig, echo: Callable[[str], None] = print) -> list[dict]:
@@ -41,8 +42,13 @@ def train_agent(cfg: AgentConfig, echo: Callable[[str], None] = print) -> list[d
         extra_steps, rounds = 0, 0
         if loop is not None:
             # ALGO: first queries over clips of random behaviour, before any policy update
-            extra_steps = sample_random(algo, INITIAL_SAMPLE_FACTOR * prefs.initial_pairs)
-            reward_metrics = loop.round(take_clips(algo), prefs.initial_pairs)
+            clips = []
+            for _ in range(MAX_INITIAL_SAMPLES):  # short random episodes can leave too few clips at first
+                extra_steps += sample_random(algo, INITIAL_SAMPLE_FACTOR * prefs.initial_pairs)
+                clips += take_clips(algo)
+                if len(clips) >= 2:
+                    break
+            reward_metrics = loop.round(clips, prefs.initial_pairs)
         iteration, steps = 0, extra_steps
         while steps < cfg.rl.env_steps:
             result = algo.train()  # ALGO: policy update on rewards from the Serve reward model

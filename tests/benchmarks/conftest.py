@@ -26,9 +26,9 @@ def tiny_run_dir(tmp_path_factory) -> str:
 
 
 def run_benchmark(script: str, tmp_path: Path, *args: str, timeout: float = 600) -> dict:
-    """Run ``benchmarks/<script> ... --root tmp_path --json out`` to completion; its JSON report."""
+    """Run ``benchmarks/<script> ARGS --json tmp_path/report.json`` to completion; its JSON report."""
     out = tmp_path / "report.json"
     env = {**os.environ, "PYTHONPATH": str(BENCH.parent)}
-    subprocess.run([sys.executable, script, *args, "--root", str(tmp_path), "--json", str(out)],
+    subprocess.run([sys.executable, script, *args, "--json", str(out)],
                    cwd=BENCH, env=env, check=True, timeout=timeout)
     return json.loads(out.read_text())

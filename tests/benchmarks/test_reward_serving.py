@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from .conftest import run_benchmark
 
 
 def test_reward_serving_quick_reports_each_batch_size_and_in_process_for_both_shapes(tmp_path):
-    out = tmp_path / "serving.json"
-    env = {**os.environ, "PYTHONPATH": str(BENCH.parent)}
-    subprocess.run([sys.executable, "reward_serving.py", "--quick", "--json", str(out)],
-                   cwd=BENCH, env=env, check=True, timeout=600)
-    rows = json.loads(out.read_text())["rows"]
+    rows = run_benchmark("reward_serving.py", tmp_path, "--quick")["rows"]
     assert [row[1] for row in rows] == ["batch 1", "batch 8", "batch 32", "in-process"] * 2
     assert [row[0] for row in rows[::4]] == ["1 item/request, concurrency 64",
                                             "16 items/request (a rollout), concurrency 2"]

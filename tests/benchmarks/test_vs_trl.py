@@ -9,7 +9,7 @@ from .conftest import run_benchmark
 
 
 def test_vs_trl_quick_reports_every_contender(tmp_path, tiny_run_dir):
-    result = run_benchmark("vs_trl.py", tmp_path, "--quick", "--run-dir", tiny_run_dir)
+    result = run_benchmark("vs_trl.py", tmp_path, "--quick", "--run-dir", tiny_run_dir, "--root", str(tmp_path))
     header = result["header"]
     rows = {row[0]: dict(zip(header, row)) for row in result["rows"]}
     assert list(rows) == ["TRL GRPOTrainer", "mmrlhf PPO", "mmrlhf SAC"]

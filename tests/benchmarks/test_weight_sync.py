@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from .conftest import run_benchmark
 
 
 def test_weight_sync_quick_reports_every_size_the_fit_and_zero3(tmp_path):
-    out = tmp_path / "sync.json"
-    env = {**os.environ, "PYTHONPATH": str(BENCH.parent)}
-    subprocess.run([sys.executable, "weight_sync.py", "--quick", "--json", str(out)],
-                   cwd=BENCH, env=env, check=True, timeout=600)
-    result = json.loads(out.read_text())
+    result = run_benchmark("weight_sync.py", tmp_path, "--quick")
     assert [row[0] for row in result["rows"]] == ["1 MB", "4 MB", "fit (all sizes)",
                                                   "ZeRO-3 2 ranks, gather + sync, 4 MB"]
     for row in result["rows"]:

@@ -45,6 +45,36 @@ def prompt_batches(args: argparse.Namespace):
     return cfg, [pa.Table.from_pylist(source.next_batch()) for _ in range(args.steps)]
 
 
+GOLD_ONLY = 'reward.sources=[{name: "mmrlhf.data.digits:gold_reward", weight: 1.0}]'
+PHASES = ("time/step_seconds", "time/rollout", "time/generate", "time/score", "time/experience", "time/update",
+          "time/sync")
+
+
+def project_config(args: argparse.Namespace):
+    """The project's contenders' config: a copy of the run directory under ``--scratch`` (its SFT
+    policy and data, no RL results), the gold-score reward as the only source (the same reward as
+    TRL's side), the batch shape and steps of the arguments, no checkpoints, then ``--set``."""
+    import shutil
+
+    from mmrlhf.config import load_config
+
+    run = Path(args.scratch) / "run"
+    shutil.copytree(args.run_dir, run, ignore=shutil.ignore_patterns("rl", "eval", "tensorboard"))
+    return load_config(run / "config.yaml", [
+        f"run_dir={run}", GOLD_ONLY, f"rl.steps={args.steps}", f"rl.prompts_per_step={args.prompts}",
+        f"rl.samples_per_prompt={args.samples}", f"rl.max_new_tokens={args.max_new_tokens}", "rl.checkpoint_every=0",
+        *args.set])
+
+
+def emit_history(launched: float, first_step_start: float, history: list[dict[str, float]],
+                 args: argparse.Namespace, startup_parts: dict[str, float]) -> None:
+    """:func:`emit` for the project's loop: each step's ``PHASES`` metrics and generated tokens."""
+    completions = args.prompts * args.samples
+    steps = [{key: m[key] for key in PHASES if key in m} | {"tokens": m["rollout/response_tokens"] * completions}
+             for m in history]
+    emit(launched, first_step_start, steps, completions, startup_parts)
+
+
 def emit(launched: float, first_step_start: float, steps: list[dict[str, Any]], completions: int,
          startup_parts: dict[str, float] | None = None) -> None:
     """Print the result line: ``startup_s``, ``completions`` per step, the per-step metrics and

@@ -18,38 +18,21 @@ import time
 
 LAUNCHED = time.time()  # before the heavy imports: they are part of the start-up
 
-import shutil  # noqa: E402
-from pathlib import Path  # noqa: E402
-
 import contender  # noqa: E402
-
-GOLD_ONLY = 'reward.sources=[{name: "mmrlhf.data.digits:gold_reward", weight: 1.0}]'
-PHASES = ("time/step_seconds", "time/rollout", "time/generate", "time/score", "time/experience", "time/update",
-          "time/sync")
 
 
 def main() -> None:
     args = contender.arguments(__doc__).parse_args()
     launched = args.launched_at or LAUNCHED
 
-    from mmrlhf.config import load_config
     from mmrlhf.stages.rl import run_rl
 
-    run = Path(args.scratch) / "run"
-    shutil.copytree(args.run_dir, run, ignore=shutil.ignore_patterns("rl", "eval", "tensorboard"))
-    cfg = load_config(run / "config.yaml", [
-        f"run_dir={run}", GOLD_ONLY, f"rl.steps={args.steps}", f"rl.prompts_per_step={args.prompts}",
-        f"rl.samples_per_prompt={args.samples}", f"rl.max_new_tokens={args.max_new_tokens}", "rl.checkpoint_every=0",
-        *args.set])
+    cfg = contender.project_config(args)
     entered = time.time()
     history = run_rl(cfg, force=True)
-    first_step_start = entered + history[0]["time/startup"]
-    completions = args.prompts * args.samples
-    steps = [{key: m[key] for key in PHASES if key in m} | {"tokens": m["rollout/response_tokens"] * completions}
-             for m in history]
     parts = {"imports": entered - launched} | {key.removeprefix("time/startup/"): value
                                                for key, value in history[0].items() if key.startswith("time/startup/")}
-    contender.emit(launched, first_step_start, steps, completions, parts)
+    contender.emit_history(launched, entered + history[0]["time/startup"], history, args, parts)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ NOTES = "<!-- notes: written by people, kept by run_all.py -->"
 RUN = "RUN"  # stands for the run directory in SCRIPTS' arguments
 SCRIPTS = {  # script: its arguments beyond --json
     "vs_trl.py": ["--run-dir", RUN, "--rounds", "3"],
+    "ray_overhead.py": ["--run-dir", RUN, "--rounds", "3"],
     "rollout_scaling.py": ["--run-dir", RUN, "--rounds", "5"],
     "reward_serving.py": ["--rounds", "3"],
     "weight_sync.py": ["--rounds", "5"],

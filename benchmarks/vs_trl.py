@@ -74,8 +74,9 @@ def summarise(result: dict) -> dict[str, float]:
     return figures | parts | {p: statistics.median(s.get(p, 0.0) for s in steps) for p in ("time/step_seconds", *PHASES)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """The arguments of a comparison of contenders (this script's and ``ray_overhead.py``'s)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--run-dir", default=None, help="run directory with an SFT policy (default: build a tiny one)")
     parser.add_argument("--config", default=None)
     parser.add_argument("--rounds", type=int, default=3)
@@ -88,19 +89,28 @@ def main() -> None:
     parser.add_argument("--root", default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--quick", action="store_true", help="tiny run, 3 steps of 4 x 2, 1 round, no warm-up")
     parser.add_argument("--json", default=None)
-    args = parser.parse_args()
+    return parser
+
+
+def measure(args: argparse.Namespace, contenders: dict[str, list[str]]) -> dict[str, dict[str, float]]:
+    """Run the contenders (``--only`` of them) in alternating rounds on the prepared run; each one's
+    median over rounds of its :func:`summarise` figures. ``--quick`` shrinks everything first."""
     if args.quick:
         args.rounds, args.warmup, args.steps, args.prompts, args.samples, args.max_new_tokens = 1, 0, 3, 4, 2, 4
-    names = args.only or list(CONTENDERS)
-
+    names = args.only or list(contenders)
     with tempfile.TemporaryDirectory(dir=args.root) as tmp:
         cfg = prepared_run(args.run_dir, Path(tmp) / "run", args.config)
         counter = iter(range(10_000))
         runs = {name: (lambda name=name: summarise(run_contender(
-                    CONTENDERS[name], Path(cfg.run_dir), args, Path(tmp) / f"scratch{next(counter)}")))
+                    contenders[name], Path(cfg.run_dir), args, Path(tmp) / f"scratch{next(counter)}")))
                 for name in names}
         values = common.alternating(runs, args.rounds, args.warmup)
-    med = {name: {key: statistics.median(v[key] for v in values[name]) for key in values[name][0]} for name in names}
+    return {name: {key: statistics.median(v[key] for v in values[name]) for key in values[name][0]} for name in names}
+
+
+def main() -> None:
+    args = arguments(__doc__).parse_args()
+    med = measure(args, CONTENDERS)
     base = med[TRL]["completions/s"] if TRL in med else float("nan")
     rows = [[name, m["completions/s"], m["tokens/s"], m["completions/s"] / base, m["startup_s"], m["time/step_seconds"],
              *(m[p] for p in PHASES)] for name, m in med.items()]

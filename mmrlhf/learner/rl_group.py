@@ -29,7 +29,6 @@ from mmrlhf.types import Rollout, prompt_index
 ALGORITHMS = {"ppo": (PPOLearner, ActorCritic), "sac": (SACLearner, SoftActorCritic)}
 
 
-
 def policy_model_factory(policy_path: str, freeze_vision_tower: bool = False,
                          wrapper: type[nn.Module] = ActorCritic) -> Callable[[], nn.Module]:
     """A picklable factory of ``wrapper(policy)`` (`ActorCritic` or `SoftActorCritic`, fresh
@@ -67,8 +66,22 @@ def normalized_scores(scores: Tensor, prompt_ids: list[str], mode: str) -> Tenso
     return scores
 
 
+def rank_spec(rl: RLConfig, policy_path: str) -> dict:
+    """What every rank of the RL learner group is built from (``rl.algorithm``): keyword arguments
+    of :class:`~mmrlhf.learner.group.LearnerGroup` ``worker_cls``, ``model_factory``,
+    ``ds_config``, ``worker_kwargs`` and ``sync_method``."""
+    worker_cls, wrapper = ALGORITHMS[rl.algorithm]
+    wrapper = Actor if rl.critic_free else wrapper
+    return {"worker_cls": worker_cls,
+            "model_factory": policy_model_factory(policy_path, rl.freeze_vision_tower, wrapper),
+            "ds_config": deepspeed_config(rl.zero_stage, max(1, rl.minibatch_size // rl.learner_ranks), 1,
+                                          rl.lr, 0.0, rl.grad_clip),
+            "worker_kwargs": {"ref_policy_path": policy_path, "rl": rl},
+            "sync_method": "policy_state_dict_for_sync"}
+
+
 class RLLearnerGroup(LearnerGroup):
-    """``rl.learner_ranks`` `PPOLearner` or `SACLearner` ranks (``rl.algorithm``).
+    """``rl.learner_ranks`` `PPOLearner` or `SACLearner` ranks (``rl.algorithm``, :func:`rank_spec`).
 
     Args:
         rl: the RL settings (algorithm, ZeRO stage, minibatch size, learning rate, ...).
@@ -79,14 +92,8 @@ class RLLearnerGroup(LearnerGroup):
 
     def __init__(self, rl: RLConfig, policy_path: str, cpus_per_rank: float = 1, gpus_per_rank: float = 0,
                  resources: dict[str, float] | None = None, seed: int = 0) -> None:
-        worker_cls, wrapper = ALGORITHMS[rl.algorithm]
-        wrapper = Actor if rl.critic_free else wrapper
-        ds_config = deepspeed_config(rl.zero_stage, max(1, rl.minibatch_size // rl.learner_ranks), 1,
-                                     rl.lr, 0.0, rl.grad_clip)
-        super().__init__(rl.learner_ranks, policy_model_factory(policy_path, rl.freeze_vision_tower, wrapper),
-                         ds_config, cpus_per_rank, gpus_per_rank, resources, seed, worker_cls=worker_cls,
-                         worker_kwargs={"ref_policy_path": policy_path, "rl": rl},
-                         sync_method="policy_state_dict_for_sync")
+        super().__init__(rl.learner_ranks, cpus_per_rank=cpus_per_rank, gpus_per_rank=gpus_per_rank,
+                         resources=resources, seed=seed, **rank_spec(rl, policy_path))
         self.rl = rl
 
     def make_experience(self, rollout: Rollout, kl_coef: float) -> dict[str, float]:

@@ -43,6 +43,22 @@ class AgentLog:
             f.write(json.dumps(row) + "\n")
 
 
+def final_return(rows: list[dict], fraction: float = 0.2) -> float:
+    """The true return at the end of a run: the mean of the iterations' ``true_return`` over the
+    last ``fraction`` of its env steps (iterations in which no episode ended are NaN and skipped).
+
+    RLlib reports an iteration's mean over the episodes that ended in it, so one iteration is a
+    handful of episodes (two on Pendulum with 2 envs); the window makes the end point steadier.
+    Raises ValueError when no iteration in the window has a finite return.
+    """
+    last = rows[-1]["env_steps"]
+    window = [r["true_return"] for r in rows
+              if r["env_steps"] >= (1 - fraction) * last and math.isfinite(r["true_return"])]
+    if not window:
+        raise ValueError(f"final_return: no episode ended in the last {fraction:.0%} of {last} env steps")
+    return float(np.mean(window))
+
+
 def random_return(env_id: str, episodes: int, seed: int) -> float:
     """Mean true return of uniformly random actions over `episodes` episodes (the random baseline)."""
     env = gym.make(env_id)
@@ -61,7 +77,8 @@ def random_return(env_id: str, episodes: int, seed: int) -> float:
 
 def plot_curves(path: Path, curves: dict[str, tuple[list[float], list[float]]], random: float | None,
                 title: str) -> Path:
-    """PNG of true-return curves {label: (env steps, returns)} and the random policy's level."""
+    """PNG of true-return curves {label: (env steps, returns)} and the random policy's level.
+    NaN returns (iterations in which no episode ended) are left out of the lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,7 +86,9 @@ def plot_curves(path: Path, curves: dict[str, tuple[list[float], list[float]]], 
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, (steps, returns) in curves.items():
-        ax.plot(steps, returns, label=label)
+        points = [(x, y) for x, y in zip(steps, returns) if math.isfinite(y)]  # iterations with an ended episode
+        if points:
+            ax.plot(*zip(*points), label=label)
     if random is not None:
         ax.axhline(random, color="grey", linestyle="--", label="random policy")
     ax.set_xlabel("environment steps")

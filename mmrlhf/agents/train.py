@@ -39,21 +39,22 @@ def train_agent(cfg: AgentConfig, echo: Callable[[str], None] = print) -> list[d
     loop = RewardModelLoop(cfg, out) if cfg.reward == "learned" else None
     algo = algorithm_config(cfg).build_algo()
     try:
-        extra_steps, rounds = 0, 0
+        random_steps, rounds = 0, 0
         if loop is not None:
             # ALGO: first queries over clips of random behaviour, before any policy update
             clips = []
             for _ in range(MAX_INITIAL_SAMPLES):  # short random episodes can leave too few clips at first
-                extra_steps += sample_random(algo, INITIAL_SAMPLE_FACTOR * prefs.initial_pairs)
+                random_steps += sample_random(algo, INITIAL_SAMPLE_FACTOR * prefs.initial_pairs)
                 clips += take_clips(algo)
                 if len(clips) >= 2:
                     break
             reward_metrics = loop.round(clips, prefs.initial_pairs)
-        iteration, steps = 0, extra_steps
+        iteration, steps = 0, random_steps
         while steps < cfg.rl.env_steps:
             result = algo.train()  # ALGO: policy update on rewards from the Serve reward model
             runners = result[ENV_RUNNER_RESULTS]
-            steps = extra_steps + int(result[NUM_ENV_STEPS_SAMPLED_LIFETIME])
+            # the EnvRunners' lifetime count includes the random steps of the first clips
+            steps = int(result[NUM_ENV_STEPS_SAMPLED_LIFETIME])
             row = {"iteration": iteration, "env_steps": steps,
                    "learned_return": float(runners.get(EPISODE_RETURN_MEAN, float("nan"))),
                    "true_return": float(runners.get(TRUE_RETURN, float("nan")))}

@@ -186,10 +186,10 @@ def run_reward_training(cfg: RunConfig, force: bool = False, append: bool = Fals
     row_of = {rid: i for i, rid in enumerate(feedback.column("id").to_pylist())}
 
     model = RewardModel.from_pretrained(paths.reward_model) if append else initial_reward_model(cfg)
-    images = model.preprocess(decode_images(feedback, cfg.data.max_image_pixels))
+    images = model.preprocess(decode_images(feedback, cfg.data.media))
     if rc.clip_epochs and not append:
         sft = load_split(cfg, "sft")
-        contrastive_warm_start(model, model.preprocess(decode_images(sft, cfg.data.max_image_pixels)),
+        contrastive_warm_start(model, model.preprocess(decode_images(sft, cfg.data.media)),
                                sft.column("reference").to_pylist(), rc.clip_epochs, rc.batch_size, rc.clip_lr,
                                rc.hard_negatives, rc.clip_shift_px, generator, np.random.default_rng(cfg.seed + 2))
 

@@ -30,22 +30,29 @@ def sample_frame_indices(times: np.ndarray, fps: float, min_frames: int, max_fra
 
     times: (N,) seconds of each decoded frame, ascending, N >= 1. One frame per 1/fps seconds
     from the first: for each target time t_0 + k / fps up to the last frame, the last frame
-    shown at or before it. Then, when K is above ``max_frames`` or below ``min_frames``,
-    that many indices evenly spread (``np.linspace``, rounded) over the kept frames replace them.
+    shown at or before it. Then, above ``max_frames``, ``max_frames`` of those evenly spread
+    (``np.linspace``, rounded); below ``min_frames``, ``min_frames`` evenly spread over all N
+    decoded frames instead (repeating frames when N < min_frames).
     """
     targets = np.arange(times[0], times[-1] + 1e-9, 1.0 / fps)  # (K,) seconds
     kept = np.searchsorted(times, targets + 1e-9, side="right") - 1  # (K,) the frame on screen at each target
-    want = min(max(len(kept), min_frames), max_frames)
-    if want != len(kept):
-        kept = kept[np.rint(np.linspace(0, len(kept) - 1, want)).astype(np.int64)]
+    if len(kept) > max_frames:
+        kept = kept[_spread(len(kept), max_frames)]
+    elif len(kept) < min_frames:
+        kept = _spread(len(times), min_frames)
     return kept.astype(np.int64)
+
+
+def _spread(n: int, k: int) -> np.ndarray:
+    """k indices into range(n) evenly spread from the first to the last, rounded, (k,) int64."""
+    return np.rint(np.linspace(0, n - 1, k)).astype(np.int64)
 
 
 def decode_video(data: bytes, record_id: str, limits: MediaLimits = MediaLimits()) -> np.ndarray:
     """Decode encoded video bytes to sampled uint8 RGB frames (F, H, W, 3) (see :class:`MediaLimits`).
 
     Raises ImageDecodeError(record_id, reason) for empty bytes, bytes FFmpeg cannot open or
-    decode (corrupt, or truncated before its index), no video stream, a frame size above
+    decode (corrupt, or truncated before its index), no video stream or no frame, a frame size above
     ``limits.max_pixels`` (checked from the stream header before any frame is decoded), no
     decodable frame, or decoded frames that end more than two frame intervals before the
     duration the container declares (truncated after its header).
@@ -55,7 +62,7 @@ def decode_video(data: bytes, record_id: str, limits: MediaLimits = MediaLimits(
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.video:
-                raise ImageDecodeError(record_id, "file holds no video stream")
+                raise ImageDecodeError(record_id, "video has no decodable frame (no video stream)")
             stream = container.streams.video[0]
             width, height = stream.codec_context.width, stream.codec_context.height
             if width * height > limits.max_pixels:
@@ -65,6 +72,8 @@ def decode_video(data: bytes, record_id: str, limits: MediaLimits = MediaLimits(
                        for frame in container.decode(stream)]
             declared = container.duration / av.time_base if container.duration else None
             rate = float(stream.average_rate or limits.video_fps)
+    except av.error.EOFError as err:  # FFmpeg found the end of the data before a frame (a clip of 0 frames)
+        raise ImageDecodeError(record_id, f"video has no decodable frame ({err})") from err
     except av.error.FFmpegError as err:
         raise ImageDecodeError(record_id, f"video data is corrupt or truncated ({err})") from err
     if not decoded:

@@ -46,7 +46,7 @@ def _read_user_records(cfg: DataConfig) -> pa.Table:
     """
     options = {"max_pixels": cfg.max_image_pixels, "allow_urls": cfg.allow_urls}
     readers = {
-        "manifest": lambda: formats.read_manifest(cfg.path, **options),
+        "manifest": lambda: formats.read_manifest(cfg.path, media=cfg.media, **options),
         "coco": lambda: formats.read_coco_captions(cfg.image_dir, cfg.path, **options),
         "llava": lambda: formats.read_llava_json(cfg.path, cfg.image_dir, **options),
     }

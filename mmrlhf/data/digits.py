@@ -130,12 +130,12 @@ def gold_score(response: str, reference: str) -> float:
 
     With r = words_to_digits(response) and g = words_to_digits(reference):
         score = (#{i < min(|r|, |g|) : r[i] == g[i]} / |g|) * exp(-| |r| - |g| | / |g|)
-    i.e. per-position digit accuracy over the reference length times a length penalty. It is
-    1.0 iff exact_match(response, reference) (for a summary, up to a trailing "then"); e.g.
-    "four one" vs "four one seven" scores (2/3) * exp(-1/3) = 0.478. A reference that is a clip summary (:func:`is_summary`, "four then
-    one then seven", the video task) reads both texts with :func:`summary_to_digits`, so a missing
-    "then" costs a digit: "four one seven" against it is "4?7" vs "417", 2/3.
-    Raises ValueError when the reference is not digit words nor a summary.
+    i.e. per-position digit accuracy over the reference length times a length penalty. It is 1.0
+    iff exact_match(response, reference) (for a summary, up to a trailing "then"); e.g. "four one"
+    vs "four one seven" scores (2/3) * exp(-1/3) = 0.478. A reference that is a clip summary
+    (:func:`is_summary`, "four then one then seven", the video task) reads both texts with
+    :func:`summary_to_digits`, so a missing "then" costs a digit: "four one seven" against it is
+    "4?7" vs "417", 2/3. Raises ValueError when the reference is not digit words nor a summary.
     """
     parse = summary_to_digits if is_summary(reference) else words_to_digits
     truth = parse(reference)

@@ -5,12 +5,13 @@ transformers' `AutoModelForImageTextToText`. What differs between VLM families (
 template, the image tensors, position ids, the trunk call) is the family adapter's
 (`mmrlhf.models.families`); this module never names a family.
 
-Prompt: one image (or one video, for families with a video path), then the prompt, through the checkpoint's chat template with the generation
-prompt (the presets': "<s><image>\n{prompt}\n"), then the response tokens, then eos. Prompts
-are left-padded; positions are counted over real tokens only (the family's way), so a prompt's
-continuation does not depend on how much padding its batch needed. Prompts are never cut: a
-prompt whose image tokens + text + `max_new_tokens` exceed the model's positions is refused
-(`check_positions_fit`).
+Prompt: one image (or one video, for families with a video path), then the prompt, through the
+checkpoint's chat template with the generation prompt (the presets': "<s><image>\n{prompt}\n"),
+then the response tokens, then eos. Prompts are left-padded; positions are counted over real tokens
+only (the family's way), so a prompt's continuation does not depend on how much padding its batch
+needed. Prompts are never cut: a prompt whose image tokens + text + `max_new_tokens` exceed the
+model's positions is refused (`check_positions_fit`).
+
 
 Log-probs: `generate` and `response_logprobs` both score a token with
 `mmrlhf.models.sampling.token_logprobs`: log-probs in nats (float32) of the distribution actually

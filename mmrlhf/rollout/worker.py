@@ -119,8 +119,9 @@ class RolloutWorker:
     """
 
     def __init__(self, policy_path: str, scorer_factory: Callable[[], Scorer], seed: int,
-                 temperature: float | None, max_new_tokens: int, media: MediaLimits = MediaLimits(), device: str = "cpu",
-                 num_threads: int = 1, top_p: float | None = None, top_k: int | None = None) -> None:
+                 temperature: float | None, max_new_tokens: int, media: MediaLimits = MediaLimits(),
+                 device: str = "cpu", num_threads: int = 1, top_p: float | None = None,
+                 top_k: int | None = None) -> None:
         torch.set_num_threads(num_threads)
         self.device = torch.device(device)
         self.model, self.processor = load_policy(policy_path)

@@ -1,18 +1,18 @@
 """Qwen-VL family: Qwen2-VL (Wang et al. 2024), Qwen2.5-VL and Qwen3-VL.
 
-Their processors return the patches of all images of a batch packed into one
-``pixel_values`` ``(sum_i P_i, D)`` with ``image_grid_thw`` ``(n_images, 3)`` giving each
-image's (t, h, w) patch grid; images of different sizes give different P_i. Here each row
-holds one image, so the rows are ``pixel_values`` ``(B, P_max, D)`` zero-padded after each
-image's ``P_i = t * h * w`` patches and ``image_grid_thw`` ``(B, 3)``, and :meth:`model_inputs`
-packs them back. Videos (``videos=``, one (F, H, W, 3) clip a row; pairs of frames make one
-temporal patch, t = ceil(F / 2)) travel the same way as ``pixel_values_videos`` ``(B, P_max, D)``
-and ``video_grid_thw`` ``(B, 3)``, with Qwen2.5-VL's ``second_per_grid_ts`` ``(B,)`` (seconds per
-temporal patch, for its time-aligned mrope); a batch holds images or videos, not both. Positions are multimodal RoPE (mrope): 3-D (temporal, height, width) ids from
-the model's own ``get_rope_index`` over the real tokens, fed ``mm_token_type_ids`` (1 on image
-placeholders, 2 on video ones, as the processor writes them); text after the image continues
-at the largest id + 1, so a cached step's position is the row's largest id + 1, given as (B, 1)
-(the text model repeats it over the three axes).
+Their processors return the patches of all images of a batch packed into one ``pixel_values``
+``(sum_i P_i, D)`` with ``image_grid_thw`` ``(n_images, 3)`` giving each image's (t, h, w) patch
+grid; images of different sizes give different P_i. Here each row holds one image, so the rows are
+``pixel_values`` ``(B, P_max, D)`` zero-padded after each image's ``P_i = t * h * w`` patches and
+``image_grid_thw`` ``(B, 3)``, and :meth:`model_inputs` packs them back. Videos (``videos=``, one
+(F, H, W, 3) clip a row; pairs of frames make one temporal patch, t = ceil(F / 2)) travel the same
+way as ``pixel_values_videos`` ``(B, P_max, D)`` and ``video_grid_thw`` ``(B, 3)``, with
+Qwen2.5-VL's ``second_per_grid_ts`` ``(B,)`` (seconds per temporal patch, for its time-aligned
+mrope); a batch holds images or videos, not both. Positions are multimodal RoPE (mrope): 3-D
+(temporal, height, width) ids from the model's own ``get_rope_index`` over the real tokens, fed
+``mm_token_type_ids`` (1 on image placeholders, 2 on video ones, as the processor writes them);
+text after the image continues at the largest id + 1, so a cached step's position is the row's
+largest id + 1, given as (B, 1) (the text model repeats it over the three axes).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torch import nn
 
 from mmrlhf.models.families.base import Family, pool_rows, register_family
 
+_GRID_KEYS = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts")  # what get_rope_index reads
 _PATCH_KEYS = (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw"))  # packed, grid
 
 
@@ -65,7 +66,7 @@ class QwenVL(Family):
     def positions(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   vision: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(mrope ids (3, B, T) from ``model.model.get_rope_index``, next position (B, 1))."""
-        grids = {key: vision[key] for key in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts") if key in vision}
+        grids = {key: vision[key] for key in _GRID_KEYS if key in vision}
         positions, _ = model.model.get_rope_index(input_ids, mm_token_type_ids=self.mm_token_type_ids(input_ids),
                                                   attention_mask=attention_mask, **grids)
         return positions, positions.amax(dim=(0, 2))[:, None] + 1

@@ -124,10 +124,12 @@ def load_split(cfg: RunConfig, name: str) -> pa.Table:
 
 def decode_images(table: pa.Table, media: MediaLimits) -> list[np.ndarray]:
     """Decode each record's visual input (:func:`mmrlhf.data.video.decode_media`): uint8 video
-    frames ``(F, H, W, 3)`` where the record has a ``video``, else its image ``(H, W)`` or ``(H, W, 3)``.
+    frames ``(F, H, W, 3)`` where the record has a ``video``, else its image ``(H, W)`` or ``(H, W, 3)``
+    (a table without a ``video`` column holds images only).
 
     Raises:
         mmrlhf.data.media.ImageDecodeError: a stored image or video is unreadable (names the record).
     """
-    columns = (table.column(name).to_pylist() for name in ("id", "image", "video"))
-    return [decode_media(image, video, rid, media) for rid, image, video in zip(*columns)]
+    ids, images = table.column("id").to_pylist(), table.column("image").to_pylist()
+    videos = table.column("video").to_pylist() if "video" in table.column_names else [None] * len(ids)
+    return [decode_media(image, video, rid, media) for rid, image, video in zip(ids, images, videos)]

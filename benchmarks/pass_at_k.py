@@ -57,7 +57,7 @@ def main() -> None:
     model, processor = load_policy(str(policy_path(cfg, args.policy)))
     model.eval()
     table = load_split(cfg, cfg.eval.split).slice(0, args.images)
-    images = decode_images(table, cfg.data.max_image_pixels)
+    images = decode_images(table, cfg.data.media)
     references = table.column("reference").to_pylist()
     batch = encode_prompts(processor, images, table.column("prompt").to_pylist())
     max_new = cfg.eval.max_new_tokens

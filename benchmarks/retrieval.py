@@ -38,7 +38,7 @@ def main() -> None:
     cfg = load_config(args.config, [*args.overrides, f"run_dir={args.run_dir}"])
     table = load_split(cfg, args.split)
     ids, references = table.column("id").to_pylist(), record_references(table)
-    images = decode_images(table, cfg.data.max_image_pixels)
+    images = decode_images(table, cfg.data.media)
     start = time.perf_counter()
     splits = {model: embed_split(load_embedder(cfg, model), ids, images, references) for model in ("trained", "untrained")}
     rows = [[name, *(100 * metrics[key] for key in KEYS)] for name, metrics in (

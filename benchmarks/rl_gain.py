@@ -65,7 +65,7 @@ def correct_greedy(policy: str | Path, cfg: RunConfig) -> np.ndarray:
     model, processor = load_policy(str(policy))
     model.eval()
     table = load_split(cfg, cfg.eval.split)
-    texts = greedy_responses(model, processor, decode_images(table, cfg.data.max_image_pixels),
+    texts = greedy_responses(model, processor, decode_images(table, cfg.data.media),
                              table.column("prompt").to_pylist(), cfg.eval.batch_size, cfg.eval.max_new_tokens)
     return np.array([exact_match(t, r) for t, r in zip(texts, table.column("reference").to_pylist())])
 
@@ -77,7 +77,7 @@ def sampled(cfg: RunConfig, n: int) -> tuple[np.ndarray, np.ndarray]:
     model, processor = load_policy(str(paths.sft_policy))
     model.eval()
     table = load_split(cfg, cfg.eval.split)
-    images = decode_images(table, cfg.data.max_image_pixels)
+    images = decode_images(table, cfg.data.media)
     references = table.column("reference").to_pylist()
     scorer = RewardScorer.from_pretrained(paths.reward_model)
     generator = torch.Generator().manual_seed(cfg.seed)

@@ -83,7 +83,7 @@ def main() -> None:
         with local_ray(num_cpus=2):
             groups = {name: RolloutGroup(workers, dict(policy_path=sft, scorer_factory=GoldScorer, seed=cfg.seed,
                                                        temperature=1.0, max_new_tokens=args.max_new_tokens,
-                                                       max_image_pixels=cfg.data.max_image_pixels, num_threads=threads),
+                                                       media=cfg.data.media, num_threads=threads),
                                          {"num_cpus": 0}, pad)
                       for name, (workers, threads) in SETUPS.items()}
             ray.get([w.version.remote() for g in groups.values() for w in g.workers])  # all loaded

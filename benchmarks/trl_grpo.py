@@ -69,7 +69,7 @@ def main() -> None:
     processor.tokenizer.padding_side = "left"
     rows = []
     for table in batches:
-        for record, image in zip(table.to_pylist(), decode_images(table, cfg.data.max_image_pixels)):
+        for record, image in zip(table.to_pylist(), decode_images(table, cfg.data.media)):
             pil = Image.fromarray(image).convert("RGB")
             rows.append({"prompt": [{"role": "user", "content": record["prompt"]}], "image": pil,
                          "reference": record["reference"]})

@@ -20,6 +20,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from mmrlhf.data.media import MediaLimits
+
 
 RAY_PREDEFINED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
 # "gae" (PPO's value model) and the critic-free estimators of mmrlhf.algorithms.estimators (a test
@@ -69,7 +71,12 @@ class DataConfig:
     ``source="digits"`` builds the default from scikit-learn's scans; ``"manifest"``,
     ``"coco"`` and ``"llava"`` read a user's files (``path``; ``image_dir`` for COCO/LLaVA).
     ``max_image_pixels`` is the decompression-bomb cap (pixels); image URLs are refused unless
-    ``allow_urls``. ``n_sft`` … ``n_test`` and the digit settings apply to the digits task only.
+    ``allow_urls``. ``n_sft`` … ``n_test`` and the digit settings apply to the digits tasks only;
+    ``source="digits_video"`` builds the video task (:mod:`mmrlhf.data.digits_video`: clips of
+    digits one after another, "Summarize the video.").
+    Videos are decoded at ``video_fps`` frames per second of video time, then thinned or
+    repeated evenly to ``video_min_frames`` … ``video_max_frames`` frames (:mod:`mmrlhf.data.video`);
+    ``max_image_pixels`` caps each frame.
     """
 
     source: str = "digits"
@@ -85,27 +92,43 @@ class DataConfig:
     n_test: int = 500
     max_image_pixels: int = 16_000_000
     allow_urls: bool = False
+    video_fps: float = 2.0
+    video_min_frames: int = 2
+    video_max_frames: int = 16
 
     def __post_init__(self) -> None:
-        _choice("data.source", self.source, ("digits", "manifest", "coco", "llava"))
-        _check(self.source == "digits" or bool(self.path), "data.path",
+        _choice("data.source", self.source, ("digits", "digits_video", "manifest", "coco", "llava"))
+        _check(self.builtin or bool(self.path), "data.path",
                f"the data file to read with data.source={self.source}", self.path)
         _check(self.source not in ("coco", "llava") or bool(self.image_dir), "data.image_dir",
                f"the folder of the images that data.source={self.source} names", self.image_dir)
         _check(1 <= self.min_digits <= self.max_digits, "data.min_digits",
                f"1 <= min_digits <= max_digits ({self.max_digits})", self.min_digits)
-        for name in ("n_sft", "n_feedback", "n_val", "n_test", "max_image_pixels", "canvas"):
+        for name in ("n_sft", "n_feedback", "n_val", "n_test", "max_image_pixels", "canvas", "video_fps",
+                     "video_min_frames"):
             _positive(f"data.{name}", getattr(self, name))
+        _check(self.video_min_frames <= self.video_max_frames, "data.video_max_frames",
+               f"an integer >= data.video_min_frames ({self.video_min_frames})", self.video_max_frames)
         # each digit keeps at least its scanned 8 px (mmrlhf.data.digits.DigitsSpec)
         _check(self.source != "digits" or self.canvas >= 8 * self.max_digits, "data.canvas",
                f"an integer >= 8 * data.max_digits ({8 * self.max_digits})", self.canvas)
 
     @property
+    def builtin(self) -> bool:
+        """Whether the records are built here (the digits tasks) rather than read from ``path``."""
+        return self.source in ("digits", "digits_video")
+
+    @property
+    def media(self) -> MediaLimits:
+        """How stored images and videos are decoded (pixel cap, video frame sampling)."""
+        return MediaLimits(self.max_image_pixels, self.video_fps, self.video_min_frames, self.video_max_frames)
+
+    @property
     def gold_reward(self) -> Optional[str]:
         """Import path of the task's gold score as a reward function, or None: only the digits
-        task has one (:func:`mmrlhf.data.digits.gold_reward`). The RL stage adds it to the
+        tasks have one (:func:`mmrlhf.data.digits.gold_reward`, for images and clips). The RL stage adds it to the
         reward sources (weight 0, for the ``rollout/gold`` metric) unless they list it."""
-        return "mmrlhf.data.digits:gold_reward" if self.source == "digits" else None
+        return "mmrlhf.data.digits:gold_reward" if self.builtin else None
 
     @property
     def has_gold_score(self) -> bool:

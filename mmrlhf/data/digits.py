@@ -25,6 +25,7 @@ PROMPT = "What number is written?"
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SPLITS = ("sft", "feedback", "val", "test")
 _WORD_TO_DIGIT = {word: str(digit) for digit, word in enumerate(DIGIT_WORDS)}
+THEN = "then"  # joins the digits of a clip summary
 _SCAN_PX = 8  # side of one UCI scan
 _SCAN_LEVELS = 16.0  # scans hold gray levels 0..16
 
@@ -103,6 +104,22 @@ def words_to_digits(words: str) -> str:
     return "".join(_WORD_TO_DIGIT.get(word, "?") for word in words.split())
 
 
+def summary_to_digits(summary: str) -> str:
+    """A clip summary "four then one then seven" -> "417" (the video task, `mmrlhf.data.digits_video`).
+
+    Words alternate: a digit word, then ``"then"``; an unknown word in a digit's place or any other
+    word in a ``"then"``'s place reads as "?" (so "four one" -> "4?"), a trailing "then" is ignored.
+    """
+    return "".join(_WORD_TO_DIGIT.get(word, "?") if i % 2 == 0 else ("" if word == THEN else "?")
+                   for i, word in enumerate(summary.split()))
+
+
+def is_summary(text: str) -> bool:
+    """Whether ``text`` is a clip summary of two or more digits ("four then one")."""
+    words = text.split()
+    return len(words) >= 3 and "?" not in summary_to_digits(text)
+
+
 def exact_match(response: str, reference: str) -> bool:
     """True when the texts are equal after collapsing runs of whitespace and trimming."""
     return response.split() == reference.split()
@@ -113,14 +130,18 @@ def gold_score(response: str, reference: str) -> float:
 
     With r = words_to_digits(response) and g = words_to_digits(reference):
         score = (#{i < min(|r|, |g|) : r[i] == g[i]} / |g|) * exp(-| |r| - |g| | / |g|)
-    i.e. per-position digit accuracy over the reference length times a length penalty. It is
-    1.0 iff exact_match(response, reference); e.g. "four one" vs "four one seven" scores
-    (2/3) * exp(-1/3) = 0.478. Raises ValueError when the reference is not digit words.
+    i.e. per-position digit accuracy over the reference length times a length penalty. It is 1.0
+    iff exact_match(response, reference) (for a summary, up to a trailing "then"); e.g. "four one"
+    vs "four one seven" scores (2/3) * exp(-1/3) = 0.478. A reference that is a clip summary
+    (:func:`is_summary`, "four then one then seven", the video task) reads both texts with
+    :func:`summary_to_digits`, so a missing "then" costs a digit: "four one seven" against it is
+    "4?7" vs "417", 2/3. Raises ValueError when the reference is not digit words nor a summary.
     """
-    truth = words_to_digits(reference)
+    parse = summary_to_digits if is_summary(reference) else words_to_digits
+    truth = parse(reference)
     if not truth or "?" in truth:
         raise ValueError(f"gold_score: reference {reference!r} must be digit words")
-    guess = words_to_digits(response)
+    guess = parse(response)
     hits = sum(a == b for a, b in zip(guess, truth))
     return hits / len(truth) * math.exp(-abs(len(guess) - len(truth)) / len(truth))
 
@@ -138,7 +159,7 @@ def gold_reward(responses: list[str], references: list[str | None], prompts: lis
 
 
 @functools.lru_cache(maxsize=1)
-def _load_scans() -> tuple[np.ndarray, np.ndarray]:
+def load_scans() -> tuple[np.ndarray, np.ndarray]:
     """(images (N, 8, 8) float32 in [0, 1], labels (N,) int) of the UCI digits, read once."""
     # imported here: sklearn (with scipy) takes about a second to import and is only needed
     # when the data set is built
@@ -156,7 +177,7 @@ def digit_pools(spec: DigitsSpec) -> dict[str, np.ndarray]:
     One seeded permutation, cut at the cumulative `pool_fractions`. Raises ValueError when a
     pool holds fewer scans than `max_digits` (a record never repeats a scan).
     """
-    n_scans = len(_load_scans()[1])
+    n_scans = len(load_scans()[1])
     order = np.random.default_rng([spec.seed, 0]).permutation(n_scans)
     fractions = np.array([spec.pool_fractions[split] for split in SPLITS])
     cuts = np.round(np.cumsum(fractions)[:-1] * n_scans).astype(int)
@@ -193,7 +214,7 @@ def write_digits(spec: DigitsSpec, out_dir: str | Path) -> dict[str, Path]:
 def _make_record(record_id: str, split: str, pool: np.ndarray, spec: DigitsSpec,
                  rng: np.random.Generator) -> dict:
     """One record: a random row of distinct scans from `pool`, rendered and labeled."""
-    images, labels = _load_scans()
+    images, labels = load_scans()
     n_digits = int(rng.integers(spec.min_digits, spec.max_digits + 1))
     scan_ids = rng.choice(pool, size=n_digits, replace=False)
     canvas = render_row(images[scan_ids], spec, rng)

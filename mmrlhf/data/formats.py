@@ -27,11 +27,13 @@ import pyarrow.parquet as pq
 from mmrlhf.data.media import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,
+    MediaLimits,
     decode_image,
     encode_png,
     read_image_source,
 )
 from mmrlhf.data.schema import RECORD_SCHEMA, to_table
+from mmrlhf.data.video import decode_video, read_video_source
 
 IMAGE_PLACEHOLDER = "<image>"  # LLaVA's marker for where the image goes in the human turn
 ROW_FILE_SUFFIXES = (".jsonl", ".csv", ".parquet")  # what `read_rows` reads by default
@@ -53,12 +55,14 @@ class ReadReport:
 
 @dataclass
 class _Candidate:
-    """A parsed source record before its image is read; `image` is bytes or a path/URL."""
+    """A parsed source record before its image is read; `image` is bytes or a path/URL, or None
+    when `video` (bytes, a video file or a folder of frames) is given instead."""
 
     id: str
-    image: str | bytes
+    image: str | bytes | None
     prompt: str
     references: list[str] | None  # None where unlabeled; the first is the record's `reference`
+    video: str | bytes | None = None
 
 
 class _Skip(Exception):
@@ -76,20 +80,24 @@ def read_manifest(
     split: str = "train",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     allow_urls: bool = False,
+    media: MediaLimits | None = None,
 ) -> tuple[pa.Table, ReadReport]:
     """Read a manifest: `.jsonl` (one JSON object a line) or `.parquet`, chosen by extension.
 
     Fields: `id` and `prompt` (non-empty strings), `image` (a path relative to the manifest's
-    folder, an absolute path, an http(s) URL when `allow_urls`, or bytes in Parquet), optional
-    `reference` (a string, or a list of strings: several references of one image). Raises
+    folder, an absolute path, an http(s) URL when `allow_urls`, or bytes in Parquet) or instead
+    `video` (a video file such as .mp4/.webm, a folder of frame images, or bytes in Parquet),
+    optional `reference` (a string, or a list of strings: several references of one image). Raises
     ValueError naming the line (JSONL) or row (Parquet), the record and the
     field when a field is missing, empty or of the wrong type, and for any other extension.
-    Records whose image cannot be read or decoded are skipped and reported.
+    Records whose image or video cannot be read or decoded (corrupt, truncated, no frame, above
+    the pixel cap; decoded with `media`, default `MediaLimits(max_pixels)`) are skipped and reported.
     """
     path = Path(path)
     rows = read_rows(path, "manifest", suffixes=(".jsonl", ".parquet"))
     return _collect(rows, lambda row: _manifest_candidate(*row), base_dir=path.parent,
-                    split=split, max_pixels=max_pixels, allow_urls=allow_urls)
+                    split=split, max_pixels=max_pixels, allow_urls=allow_urls,
+                    media=media or MediaLimits(max_pixels))
 
 
 def read_coco_captions(
@@ -247,8 +255,10 @@ def _collect(
     max_pixels: int,
     allow_urls: bool,
     report: ReadReport | None = None,
+    media: MediaLimits | None = None,
 ) -> tuple[pa.Table, ReadReport]:
-    """parse() each entry, then read, validate and re-encode its image.
+    """parse() each entry, then read, validate and re-encode its image (a video: read and
+    decoded with `media` to validate it, kept as read, its first frame as the image).
 
     `parse` raises ValueError for a malformed entry (ends the read) or _Skip for data noise;
     skips and undecodable images are added to `report` (a new one by default) and the rest
@@ -264,7 +274,10 @@ def _collect(
             candidate = parse(entry)
             if candidate.id in seen:
                 raise _Skip(candidate.id, "duplicate id; the first record with it was kept")
-            png = _png(candidate, png_by_source, base_dir, max_pixels, allow_urls)
+            if candidate.video is None:
+                png, video = _png(candidate, png_by_source, base_dir, max_pixels, allow_urls), None
+            else:
+                png, video = _video(candidate, base_dir, media or MediaLimits(max_pixels))
         except (_Skip, ImageDecodeError) as err:
             report.skipped.append((err.record_id, err.reason))
             continue
@@ -273,8 +286,15 @@ def _collect(
         records.append({"id": candidate.id, "image": png, "prompt": candidate.prompt,
                         "reference": refs[0] if refs else None,
                         "references": refs,
-                        "split": split, "scan_ids": None})
+                        "split": split, "scan_ids": None, "video": video})
     return to_table(records, RECORD_SCHEMA), report
+
+
+def _video(candidate: _Candidate, base_dir: Path, media: MediaLimits) -> tuple[bytes, bytes]:
+    """(first frame as PNG, encoded video) of a video candidate, decoded once to validate it;
+    raises ImageDecodeError."""
+    data = read_video_source(candidate.video, candidate.id, base_dir, media)
+    return encode_png(decode_video(data, candidate.id, media)[0]), data
 
 
 def _png(candidate: _Candidate, cache: dict[str, bytes], base_dir: Path, max_pixels: int,
@@ -303,15 +323,18 @@ def _load_json(path: Path) -> Any:
 
 def _manifest_candidate(where: str, row: Any) -> _Candidate:
     """Check one manifest row's fields; ValueError naming the line, record and field."""
-    values = {key: require_field(where, row, key) for key in ("id", "prompt", "image")}
+    media_key = "video" if isinstance(row, dict) and row.get("video") is not None else "image"
+    values = {key: require_field(where, row, key) for key in ("id", "prompt", media_key)}
     name = f"{where} (record {values['id']})"
     for key in ("id", "prompt"):
         if not isinstance(values[key], str) or not values[key].strip():
             raise ValueError(f"{name}: field '{key}' must be a non-empty string")
-    image = values["image"]
+    image = values[media_key]
     # empty bytes are a broken image (skipped later); an empty path is a manifest error
     if not isinstance(image, (str, bytes)) or (isinstance(image, str) and not image.strip()):
-        raise ValueError(f"{name}: field 'image' must be a file path or image bytes")
+        raise ValueError(f"{name}: field '{media_key}' must be a file path or {media_key} bytes")
+    if media_key == "video" and row.get("image") is not None:
+        raise ValueError(f"{name}: fields 'image' and 'video' are both set; a record holds one of them")
     reference = row.get("reference")
     references = [reference] if isinstance(reference, str) else reference
     if references is not None and (not isinstance(references, list) or not references
@@ -320,6 +343,8 @@ def _manifest_candidate(where: str, row: Any) -> _Candidate:
     if IMAGE_PLACEHOLDER in values["prompt"]:
         raise _Skip(values["id"], f"prompt holds {values['prompt'].count(IMAGE_PLACEHOLDER)} literal <image> "
                     "placeholders; the record's one image is placed before the prompt")
+    if media_key == "video":
+        return _Candidate(values["id"], None, values["prompt"], references, video=image)
     return _Candidate(values["id"], image, values["prompt"], references)
 
 

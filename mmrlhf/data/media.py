@@ -1,10 +1,14 @@
-"""Safe image reading and decoding (PIL): every failure becomes one error naming the record."""
+"""Safe image reading and decoding (PIL): every failure becomes one error naming the record.
+
+Videos (PyAV) are in :mod:`mmrlhf.data.video`; they raise the same :class:`ImageDecodeError`.
+"""
 
 from __future__ import annotations
 
 import io
 import urllib.request
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +25,23 @@ _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
 _PIL_BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
+@dataclass(frozen=True)
+class MediaLimits:
+    """How stored media are decoded: the per-frame pixel cap, and the video frame sampling.
+
+    max_pixels: width * height above which an image or a video (per frame) is refused.
+    video_fps: frames sampled per second of video time. video_min_frames / video_max_frames:
+    the sampled count is brought within these bounds (frames repeated / thinned evenly).
+    """
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    video_fps: float = 2.0
+    video_min_frames: int = 2
+    video_max_frames: int = 16
+
+
 class ImageDecodeError(ValueError):
-    """An image that cannot be read or decoded; `record_id` and `reason` say which and why.
+    """An image or video that cannot be read or decoded; `record_id` and `reason` say which and why.
 
     str(err) reads "record <record_id>: <reason>". Readers catch it to skip and report the
     record; a ValueError subclass so callers that do not care can treat it as bad input.

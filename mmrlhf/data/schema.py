@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 RECORD_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
-        pa.field("image", pa.binary(), nullable=False),  # encoded PNG bytes
+        pa.field("image", pa.binary(), nullable=False),  # encoded PNG bytes; a video's first frame
         pa.field("prompt", pa.string(), nullable=False),
         pa.field("reference", pa.string(), nullable=True),  # None where no label exists
         # every reference of the image (COCO: all its captions), `reference` first; None where
@@ -27,6 +27,8 @@ RECORD_SCHEMA = pa.schema(
         pa.field("references", pa.list_(pa.string()), nullable=True),
         pa.field("split", pa.string(), nullable=False),
         pa.field("scan_ids", pa.list_(pa.int32()), nullable=True),  # digits source scans
+        # encoded video bytes (mp4, webm, ...; mmrlhf.data.video); None for an image record
+        pa.field("video", pa.binary(), nullable=True),
     ]
 )
 

@@ -5,12 +5,13 @@ transformers' `AutoModelForImageTextToText`. What differs between VLM families (
 template, the image tensors, position ids, the trunk call) is the family adapter's
 (`mmrlhf.models.families`); this module never names a family.
 
-Prompt: one image, then the prompt, through the checkpoint's chat template with the generation
-prompt (the presets': "<s><image>\n{prompt}\n"), then the response tokens, then eos. Prompts
-are left-padded; positions are counted over real tokens only (the family's way), so a prompt's
-continuation does not depend on how much padding its batch needed. Prompts are never cut: a
-prompt whose image tokens + text + `max_new_tokens` exceed the model's positions is refused
-(`check_positions_fit`).
+Prompt: one image (or one video, for families with a video path), then the prompt, through the
+checkpoint's chat template with the generation prompt (the presets': "<s><image>\n{prompt}\n"),
+then the response tokens, then eos. Prompts are left-padded; positions are counted over real tokens
+only (the family's way), so a prompt's continuation does not depend on how much padding its batch
+needed. Prompts are never cut: a prompt whose image tokens + text + `max_new_tokens` exceed the
+model's positions is refused (`check_positions_fit`).
+
 
 Log-probs: `generate` and `response_logprobs` both score a token with
 `mmrlhf.models.sampling.token_logprobs`: log-probs in nats (float32) of the distribution actually
@@ -31,7 +32,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 from mmrlhf.errors import CheckpointUnreachable
-from mmrlhf.models.families import Family, family_for
+from mmrlhf.models.families import Family, family_for, video_model_types
 from mmrlhf.models.sampling import Sampling, sample_tokens, token_logprobs
 
 
@@ -127,25 +128,51 @@ def processor_family(processor) -> Family:
 
 
 def encode_prompts(processor, images: list[np.ndarray], prompts: list[str]) -> PromptBatch:
-    """Encode one image and one prompt per row with the chat template -> `PromptBatch` (B rows).
+    """Encode one image (or one video) and one prompt per row with the chat template -> `PromptBatch` (B rows).
 
-    images: uint8 (H, W) or (H, W, 3); grayscale is repeated to RGB. Prompts are not cut.
+    images: uint8 (H, W) or (H, W, 3) images, grayscale repeated to RGB; or uint8 (F, H, W, 3)
+    video frames (`mmrlhf.data.video.decode_media`), for families with a video path (the chat
+    template's video placeholder, the processor's ``videos=``). Prompts are not cut.
     Raises ValueError naming the index of a non-uint8 image, an empty prompt or one holding the
-    image placeholder itself (it would ask for a second image), or on a length mismatch.
+    image/video placeholder itself (it would ask for a second one), on a length mismatch, for a
+    batch that mixes images and videos, and for a video given to a family without a video path
+    (naming the family and the families that take video).
     """
     if len(images) != len(prompts):
         raise ValueError(f"encode_prompts: {len(images)} images but {len(prompts)} prompts")
     family = processor_family(processor)
-    image_token = getattr(processor, "image_token", "<image>")
+    video = _video_batch(family, images)
+    placeholders = [getattr(processor, name, None) for name in ("image_token", "video_token")]
+    placeholders = [token for token in placeholders if token] or ["<image>"]
     for i, prompt in enumerate(prompts):
         if not prompt.strip():
             raise ValueError(f"prompt {i}: empty")
-        if image_token in prompt:
-            raise ValueError(f"prompt {i}: holds a literal {image_token!r}; the image placeholder is added "
-                             f"once by the chat template, expected 1 image per prompt")
-    rgb = [as_rgb_uint8(image, i) for i, image in enumerate(images)]
-    texts = [family.chat_prompt(processor, prompt) for prompt in prompts]
-    return PromptBatch(*family.encode(processor, rgb, texts))
+        for token in placeholders:
+            if token in prompt:
+                raise ValueError(f"prompt {i}: holds a literal {token!r}; the image/video placeholder is added "
+                                 f"once by the chat template, expected 1 image or video per prompt")
+    rgb = images if video else [as_rgb_uint8(image, i) for i, image in enumerate(images)]
+    texts = [family.chat_prompt(processor, prompt, video) for prompt in prompts]
+    return PromptBatch(*family.encode(processor, rgb, texts, video))
+
+
+def _video_batch(family: Family, images: list[np.ndarray]) -> bool:
+    """Whether the rows are videos (uint8 (F, H, W, 3)) rather than images; ValueError for a mix,
+    a badly typed clip, or clips given to a family without a video path."""
+    videos = [isinstance(v, np.ndarray) and v.ndim == 4 for v in images]
+    if not any(videos):
+        return False
+    if not all(videos):
+        raise ValueError(f"encode_prompts: rows {videos.index(True)} (a video) and {videos.index(False)} (an image) "
+                         "in one batch; encode images and videos in separate batches")
+    if not family.takes_video:
+        raise ValueError(f"prompt 0 is a video, but the {type(family).__name__} family (model_type "
+                         f"{family.config.model_type!r}) has no video path; families that take video: "
+                         f"{', '.join(video_model_types())}")
+    for i, clip in enumerate(images):
+        if clip.dtype != np.uint8 or clip.shape[3] != 3 or len(clip) == 0:
+            raise ValueError(f"video {i}: {clip.dtype} {clip.shape}, expected uint8 (F>=1, H, W, 3)")
+    return True
 
 
 def max_positions(model) -> int:

@@ -1,7 +1,8 @@
 """Named model presets built from configs, and resolution of names to loadable folders.
 
 `tiny` (< 1M parameters, tests) and `small` (about a million, CPU demo) exist for the policy
-and for the reward model (open_clip CLIP + head, `mmrlhf.models.reward`).
+and for the reward model (open_clip CLIP + head, `mmrlhf.models.reward`); `qwen2-vl-tiny` is a
+Qwen2-VL-architecture policy that takes videos (`mmrlhf.models.qwen_preset`).
 
 The policy is LLaVA-shaped (Liu et al. 2023: vision tower -> MLP projector -> causal LM) in
 transformers' FastVLM class (`FastVlmForConditionalGeneration`, Vasu et al. 2025), which takes
@@ -31,6 +32,7 @@ from transformers import (CLIPImageProcessor, FastVlmConfig, FastVlmForCondition
                           LlavaProcessor, ResNetConfig)
 
 from mmrlhf.models.families.llava import PRESET_CHAT_TEMPLATE
+from mmrlhf.models.qwen_preset import build_qwen2_vl_preset
 from mmrlhf.models.reward import RewardModel, register_clip_config
 from mmrlhf.models.tokenizer import default_corpus, train_tokenizer
 
@@ -91,6 +93,7 @@ POLICY_PRESETS = {
     "tiny": PolicyPreset((16, 32), (1, 1), 64, 2, 2, 128),
     "small": PolicyPreset((32, 64), (1, 1), 192, 2, 4, 512),
 }
+QWEN_PRESETS = ("qwen2-vl-tiny",)  # Qwen2-VL architecture, video-capable (mmrlhf.models.qwen_preset)
 REWARD_PRESETS = {
     "tiny": RewardPreset(32, 4, (1, 1, 1, 1), 16, 16, 1, 2, 32),
     "small": RewardPreset(64, 16, (1, 1, 1, 1), 32, 64, 2, 2, 64, context_length=12),
@@ -188,8 +191,16 @@ def _build_once(build, name: str, final: Path) -> Path:
     return final
 
 
+def _policy_builder(name: str):
+    """The builder of policy preset ``name`` (``build_policy_preset`` or the Qwen2-VL one), or None."""
+    if name in POLICY_PRESETS:
+        return build_policy_preset
+    return build_qwen2_vl_preset if name in QWEN_PRESETS else None
+
+
 def resolve_policy(name_or_path: str | Path, cache_dir: str | Path, corpus: list[str] | None = None) -> str:
-    """A policy preset name -> its folder `cache_dir/policy-<name>`, built once; else unchanged.
+    """A policy preset name (``tiny``, ``small``, ``qwen2-vl-tiny``) -> its folder
+    `cache_dir/policy-<name>`, built once; else unchanged.
 
     corpus: texts to train the preset's tokenizer on besides `default_corpus()` (a user's
     prompts and references, so their words are not `<unk>`); the folder is then
@@ -197,14 +208,15 @@ def resolve_policy(name_or_path: str | Path, cache_dir: str | Path, corpus: list
     Anything that is not a preset name (a local folder, a hub name such as
     "llava-hf/llava-interleave-qwen-0.5b-hf") passes through for `load_policy`.
     """
-    if str(name_or_path) not in POLICY_PRESETS:
+    build = _policy_builder(str(name_or_path))
+    if build is None:
         return str(name_or_path)
     if corpus is None:
-        return str(_build_once(build_policy_preset, str(name_or_path), Path(cache_dir) / f"policy-{name_or_path}"))
+        return str(_build_once(build, str(name_or_path), Path(cache_dir) / f"policy-{name_or_path}"))
     texts = default_corpus() + list(corpus)
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
-    build = functools.partial(build_policy_preset, corpus=texts)
-    return str(_build_once(build, str(name_or_path), Path(cache_dir) / f"policy-{name_or_path}-{digest}"))
+    return str(_build_once(functools.partial(build, corpus=texts), str(name_or_path),
+                           Path(cache_dir) / f"policy-{name_or_path}-{digest}"))
 
 
 def resolve_reward(name_or_path: str | Path, cache_dir: str | Path) -> str:

@@ -2,6 +2,8 @@
 
 CLIP (Radford et al. 2021) via open_clip: image tower and text tower map into one embedding
 space; their cosine similarity is the zero-shot match score (CLIPScore, Hessel et al. 2021).
+A video is embedded as the mean of a few sampled frames' normalised embeddings, normalised again
+(`RewardModel.encode_image`), then scored against the text like an image.
 The head turns that into a reward trained with Bradley–Terry on preference pairs:
 
     score = w * cos(e_img, e_txt) + b + MLP(e_img * e_txt)      e_*: L2-normalised, (B, E)
@@ -26,6 +28,7 @@ from open_clip.transform import MaybeConvertMode, MaybeToTensor
 from PIL import Image
 from safetensors.torch import load_model, save_model
 from torch import nn
+from torch.nn import functional as F
 from torchvision.transforms import CenterCrop, Compose, Normalize, Resize
 
 from mmrlhf.models.policy import as_rgb_uint8
@@ -33,6 +36,7 @@ from mmrlhf.models.policy import as_rgb_uint8
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "mmrlhf-reward-model"
+VIDEO_FRAMES = 4  # frames of a video the reward model embeds (their mean embedding is the video's)
 CLIPSCORE_W = 2.5  # Hessel et al. 2021, section 3: rescales cosines of ViT-B/32 CLIP to roughly [0, 1]
 
 
@@ -127,10 +131,24 @@ class RewardModel(nn.Module):
         nn.init.zeros_(self.mlp[-1].bias)
 
     def forward(self, pixel_values: torch.Tensor, text_tokens: torch.Tensor) -> torch.Tensor:
-        """pixel_values (B, 3, H, W) from `preprocess`; text_tokens (B, L) from `tokenize` -> scores (B,)."""
-        image_emb = self.clip.encode_image(pixel_values, normalize=True)  # (B, E)
+        """pixel_values (B, 3, H, W) or (B, K, 3, H, W) from `preprocess`; text_tokens (B, L) from
+        `tokenize` -> scores (B,)."""
+        image_emb = self.encode_image(pixel_values)  # (B, E)
         text_emb = self.clip.encode_text(text_tokens, normalize=True)  # (B, E)
         return self.score_embeddings(image_emb, text_emb)
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The joint embedding of images (B, 3, H, W), or of videos as K sampled frames each
+        (B, K, 3, H, W) -> (B, E), L2-normalised.
+
+        A video's embedding is the mean of its frames' L2-normalised embeddings, normalised again
+        so the head still sees a unit vector (its dot product with a text embedding a cosine);
+        an image given as K equal frames gets its own embedding (up to rounding).
+        """
+        if pixel_values.ndim == 4:
+            return self.clip.encode_image(pixel_values, normalize=True)
+        frames = self.clip.encode_image(pixel_values.flatten(0, 1), normalize=True)  # (B * K, E)
+        return F.normalize(frames.unflatten(0, pixel_values.shape[:2]).mean(1), dim=-1)  # (B, E)
 
     def score_embeddings(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """The head alone: L2-normalised image_emb, text_emb (B, E) -> scores (B,).
@@ -140,8 +158,12 @@ class RewardModel(nn.Module):
         joint = image_emb * text_emb  # (B, E); sums to the cosine
         return self.scale * joint.sum(-1) + self.bias + self.mlp(joint).squeeze(-1)
 
-    def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
+    def preprocess(self, images: list[np.ndarray], video_frames: int = VIDEO_FRAMES) -> torch.Tensor:
         """uint8 images (H, W) grayscale or (H, W, 3) RGB -> (B, 3, S, S) float, CLIP-normalised.
+
+        When an item is a video, uint8 frames (F, H, W, 3), every item becomes ``video_frames``
+        frames -> (B, K, 3, S, S): a video's frames evenly spread over it (`np.linspace`, rounded;
+        repeats when F < K), an image repeated (see `encode_image`).
 
         Uses the open_clip evaluation transform (resize, centre crop, normalise). Images already at
         the transform's square size skip Pillow: for them resize and crop are the identity, and the
@@ -150,6 +172,11 @@ class RewardModel(nn.Module):
         digits canvas (py-spy, benchmarks/reward_serving.py).
         Raises ValueError naming the index of a non-uint8 or badly shaped image.
         """
+        if any(np.ndim(im) == 4 for im in images):
+            frames = [im[np.rint(np.linspace(0, len(im) - 1, video_frames)).astype(int)] if np.ndim(im) == 4
+                      else [im] * video_frames for im in images]
+            flat = self.preprocess([frame for item in frames for frame in item])  # (B * K, 3, S, S)
+            return flat.unflatten(0, (len(images), video_frames))
         rgb = [as_rgb_uint8(im, i) for i, im in enumerate(images)]
         canvas = canvas_transform(self.image_transform)
         if canvas is not None and rgb and all(im.shape[:2] == (canvas[0], canvas[0]) for im in rgb):

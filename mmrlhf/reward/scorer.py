@@ -29,7 +29,8 @@ class RewardScorer:
         return cls(RewardModel.from_pretrained(model_dir), device)
 
     def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
-        """uint8 (H, W) or (H, W, 3) images -> (B, 3, S, S) float on CPU (open_clip eval transform).
+        """uint8 (H, W) or (H, W, 3) images -> (B, 3, S, S) float on CPU (open_clip eval transform);
+        with videos (F, H, W, 3) among them, (B, K, 3, S, S) sampled frames (`RewardModel.preprocess`).
 
         Raises ValueError naming the index of a non-uint8 or badly shaped image.
         """
@@ -55,14 +56,15 @@ class RewardScorer:
 
     @torch.no_grad()
     def embed_images(self, images: list[np.ndarray], batch_size: int = EMBED_BATCH) -> torch.Tensor:
-        """The joint embedding of images: uint8 (H, W) or (H, W, 3) -> (N, E) float32 on CPU, L2-normalised.
+        """The joint embedding of images: uint8 (H, W) or (H, W, 3), or videos (F, H, W, 3) (mean of
+        sampled frames, `RewardModel.encode_image`) -> (N, E) float32 on CPU, L2-normalised.
 
         Raises ValueError naming the index of a non-uint8 or badly shaped image.
         """
         if not images:
             return torch.zeros(0, self.embed_dim)
         pixels = self.preprocess(images)  # (N, 3, S, S), all first so an error names the image's own index
-        return torch.cat([self.model.clip.encode_image(pixels[i:i + batch_size].to(self.device), normalize=True)
+        return torch.cat([self.model.encode_image(pixels[i:i + batch_size].to(self.device))
                           for i in range(0, len(images), batch_size)]).float().cpu()
 
     @torch.no_grad()

@@ -128,10 +128,10 @@ def _check_inputs(images: list[np.ndarray], texts: list[str], references: list[s
     for i, image in enumerate(images):
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
             raise ValueError(f"RewardDeployment.score: images[{i}] must be a uint8 ndarray")
-        if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        if not (image.ndim == 2 or (image.ndim in (3, 4) and image.shape[-1] == 3)):
             raise ValueError(
                 f"RewardDeployment.score: images[{i}] has shape {image.shape}, "
-                "expected (H, W) or (H, W, 3)"
+                "expected (H, W) or (H, W, 3), or video frames (F, H, W, 3)"
             )
 
 

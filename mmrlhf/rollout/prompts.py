@@ -9,7 +9,7 @@ import pyarrow as pa
 
 
 class PromptSource:
-    """Batches of prompt records (``id``, ``image`` bytes, ``prompt``, ``reference``), in a seeded order.
+    """Batches of prompt records (``id``, ``image`` and ``video`` bytes, ``prompt``, ``reference``), in a seeded order.
 
     The RL pool is unlabeled for the policy: a record's ``reference`` (None where there is none)
     is for the reward sources (rule functions such as the gold score), which rollout workers
@@ -23,7 +23,7 @@ class PromptSource:
     def __init__(self, table: pa.Table, batch_size: int, seed: int) -> None:
         if not 1 <= batch_size <= table.num_rows:
             raise ValueError(f"PromptSource: batch_size={batch_size}, expected 1..{table.num_rows} (records in the pool)")
-        self.records = table.select(["id", "image", "prompt", "reference"]).to_pylist()
+        self.records = table.select(["id", "image", "video", "prompt", "reference"]).to_pylist()
         self.batch_size, self.seed = batch_size, seed
         self.epoch, self.index = 0, 0
         self._order = self._permutation()

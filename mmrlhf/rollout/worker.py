@@ -32,7 +32,8 @@ from ray import ObjectRef
 from ray.exceptions import RayError, RayTaskError
 
 from mmrlhf.config import REWARD_VERSION, TOTAL
-from mmrlhf.data.media import decode_image
+from mmrlhf.data.media import MediaLimits
+from mmrlhf.data.video import decode_media
 from mmrlhf.metrics import record_reward_latency
 from mmrlhf.models.policy import check_positions_fit, encode_prompts, generate, load_policy
 from mmrlhf.models.sampling import resolve_sampling
@@ -111,15 +112,16 @@ class RolloutWorker:
         temperature, top_p, top_k: sampling settings; None takes the checkpoint's
             ``generation_config`` (:func:`mmrlhf.models.sampling.resolve_sampling`), as the learner does.
         max_new_tokens: response length limit (tokens).
-        max_image_pixels: decompression-bomb cap for prompt images (pixels).
+        media: how prompt images and videos are decoded (pixel cap, video frame sampling).
         device: where the policy replica samples ("cuda" when the actor has a GPU); rollouts
             come back on the CPU.
         num_threads: torch intra-op threads of this process (1: one core per worker).
     """
 
     def __init__(self, policy_path: str, scorer_factory: Callable[[], Scorer], seed: int,
-                 temperature: float | None, max_new_tokens: int, max_image_pixels: int, device: str = "cpu",
-                 num_threads: int = 1, top_p: float | None = None, top_k: int | None = None) -> None:
+                 temperature: float | None, max_new_tokens: int, media: MediaLimits = MediaLimits(),
+                 device: str = "cpu", num_threads: int = 1, top_p: float | None = None,
+                 top_k: int | None = None) -> None:
         torch.set_num_threads(num_threads)
         self.device = torch.device(device)
         self.model, self.processor = load_policy(policy_path)
@@ -128,7 +130,7 @@ class RolloutWorker:
         self.seed = seed
         self.sampling = resolve_sampling(self.model.generation_config, temperature, top_p, top_k)
         self.max_new_tokens = max_new_tokens
-        self.max_image_pixels = max_image_pixels
+        self.media = media
         self.policy_version = 0
 
     def load_weights(self, version: int, state_dict: Mapping[str, torch.Tensor]) -> int:
@@ -160,7 +162,7 @@ class RolloutWorker:
                  weights: tuple[int, list[ObjectRef]] | None = None) -> Rollout:
         """Sample ``samples_per_prompt`` responses per record and score them with every reward source.
 
-        ``records``: dicts with ``id``, ``image`` (encoded bytes), ``prompt`` and optionally
+        ``records``: dicts with ``id``, ``image`` (encoded bytes), ``prompt``, optionally ``video`` (encoded bytes) and
         ``reference`` (given to the reward sources only). ``weights``:
         (policy version, [ref to its state dict]) to sample with, loaded first unless this
         replica holds that version already (a restarted worker does not); None keeps the
@@ -179,7 +181,7 @@ class RolloutWorker:
             self.load_weights(weights[0], ray.get(weights[1][0]))
         start = time.perf_counter()
         rows = [r for r in records for _ in range(samples_per_prompt)]
-        images = [decode_image(r["image"], r["id"], self.max_image_pixels) for r in rows]
+        images = [decode_media(r["image"], r.get("video"), r["id"], self.media) for r in rows]
         batch = encode_prompts(self.processor, images, [r["prompt"] for r in rows])
         check_positions_fit(self.model, batch, self.max_new_tokens, [r["id"] for r in rows], "rl.max_new_tokens")
         generator = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + step)

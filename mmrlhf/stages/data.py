@@ -16,8 +16,10 @@ import pyarrow as pa
 
 from mmrlhf.config import DataConfig, RunConfig
 from mmrlhf.data import formats
+from mmrlhf.data import digits_video
 from mmrlhf.data.digits import DigitsSpec, write_digits
-from mmrlhf.data.media import decode_image
+from mmrlhf.data.media import MediaLimits
+from mmrlhf.data.video import decode_media
 from mmrlhf.data.schema import RECORD_SCHEMA, read_table, record_references, write_table
 from mmrlhf.data.splits import split_by_image
 from mmrlhf.stages.common import RunPaths
@@ -44,7 +46,7 @@ def _read_user_records(cfg: DataConfig) -> pa.Table:
     """
     options = {"max_pixels": cfg.max_image_pixels, "allow_urls": cfg.allow_urls}
     readers = {
-        "manifest": lambda: formats.read_manifest(cfg.path, **options),
+        "manifest": lambda: formats.read_manifest(cfg.path, media=cfg.media, **options),
         "coco": lambda: formats.read_coco_captions(cfg.image_dir, cfg.path, **options),
         "llava": lambda: formats.read_llava_json(cfg.path, cfg.image_dir, **options),
     }
@@ -78,7 +80,7 @@ def prepare_data(cfg: RunConfig, rebuild: bool = False, force: bool = False) -> 
     """
     paths = RunPaths(cfg.run_dir)
     out = {name: paths.split(name) for name in SPLITS}
-    record = lineage_of(cfg, DATA, [] if cfg.data.source == "digits" else [Path(cfg.data.path)])
+    record = lineage_of(cfg, DATA, [] if cfg.data.builtin else [Path(cfg.data.path)])
     if all(p.exists() for p in out.values()):
         if not rebuild:
             check_current(cfg, DATA.folder, force)
@@ -90,6 +92,8 @@ def prepare_data(cfg: RunConfig, rebuild: bool = False, force: bool = False) -> 
     check_no_dependents(cfg, record, DATA.folder, force)
     if cfg.data.source == "digits":
         write_digits(digits_spec(cfg.data), paths.data)
+    elif cfg.data.source == "digits_video":
+        digits_video.write_clips(digits_spec(cfg.data), cfg.data.video_fps, paths.data)
     else:
         splits = split_by_image(_read_user_records(cfg.data), SPLITS, _USER_FRACTIONS, cfg.data.seed, cfg.data.path)
         for name, part in splits.items():
@@ -118,11 +122,14 @@ def load_split(cfg: RunConfig, name: str) -> pa.Table:
     return read_table(RunPaths(cfg.run_dir).split(name), RECORD_SCHEMA)
 
 
-def decode_images(table: pa.Table, max_pixels: int) -> list[np.ndarray]:
-    """Decode the ``image`` column into uint8 arrays ``(H, W)`` or ``(H, W, 3)``.
+def decode_images(table: pa.Table, media: MediaLimits) -> list[np.ndarray]:
+    """Decode each record's visual input (:func:`mmrlhf.data.video.decode_media`): uint8 video
+    frames ``(F, H, W, 3)`` where the record has a ``video``, else its image ``(H, W)`` or ``(H, W, 3)``
+    (a table without a ``video`` column holds images only).
 
     Raises:
-        mmrlhf.data.media.ImageDecodeError: a stored image is unreadable (names the record).
+        mmrlhf.data.media.ImageDecodeError: a stored image or video is unreadable (names the record).
     """
-    ids = table.column("id").to_pylist()
-    return [decode_image(data, rid, max_pixels) for rid, data in zip(ids, table.column("image").to_pylist())]
+    ids, images = table.column("id").to_pylist(), table.column("image").to_pylist()
+    videos = table.column("video").to_pylist() if "video" in table.column_names else [None] * len(ids)
+    return [decode_media(image, video, rid, media) for rid, image, video in zip(ids, images, videos)]

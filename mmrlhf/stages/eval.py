@@ -76,7 +76,7 @@ def run_eval(cfg: RunConfig, policy: str = "sft", force: bool = False) -> dict[s
     model, processor = load_policy(str(path))
     model.eval()
     table = load_split(cfg, cfg.eval.split)
-    images = decode_images(table, cfg.data.max_image_pixels)
+    images = decode_images(table, cfg.data.media)
     prompts = table.column("prompt").to_pylist()
     references = table.column("reference").to_pylist()
     all_references = record_references(table)

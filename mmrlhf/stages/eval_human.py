@@ -48,7 +48,7 @@ def prepare_human_eval(cfg: RunConfig, policy: str = "rl", baseline: str = "sft"
     paths = {name: policy_path(cfg, name) for name in (baseline, policy)}  # missing policies named first
     prepare_data(cfg)
     table = load_split(cfg, cfg.eval.split).slice(0, cfg.eval.n_review)
-    images = decode_images(table, cfg.data.max_image_pixels)
+    images = decode_images(table, cfg.data.media)
     prompts = table.column("prompt").to_pylist()
     texts = {}
     for name, path in paths.items():

@@ -58,7 +58,7 @@ def run_feedback_simulation(cfg: RunConfig, force: bool = False) -> int:
     model.eval()
     sampling = resolve_sampling(model.generation_config, fb.sample_temperature, fb.sample_top_p, fb.sample_top_k)
     table = load_split(cfg, "feedback").slice(0, fb.n_prompts)
-    images = decode_images(table, cfg.data.max_image_pixels)
+    images = decode_images(table, cfg.data.media)
     ids, prompts = table.column("id").to_pylist(), table.column("prompt").to_pylist()
     references = table.column("reference").to_pylist()
 

@@ -53,7 +53,7 @@ def run_feedback_sample(cfg: RunConfig, kind: str = "ranking", policy: str = "sf
     model, processor = load_policy(str(path))
     model.eval()
     table = load_split(cfg, "feedback").slice(0, fb.n_prompts)
-    samples = sample_distinct(model, processor, decode_images(table, cfg.data.max_image_pixels),
+    samples = sample_distinct(model, processor, decode_images(table, cfg.data.media),
                               table.column("prompt").to_pylist(), fb.samples_per_prompt, cfg.sft.max_new_tokens,
                               resolve_sampling(model.generation_config, fb.sample_temperature, fb.sample_top_p,
                                                fb.sample_top_k), generator)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import pyarrow as pa
 
 from mmrlhf.config import RunConfig
+from mmrlhf.data.media import MediaLimits
 from mmrlhf.models.policy import check_positions_fit, encode_prompts, load_policy
 from mmrlhf.stages.data import decode_images
 
@@ -122,7 +123,7 @@ def warn_truncation(tokenizer, references: Sequence[str], max_new_tokens: int, k
         log.warning("warning: %s", warning)
 
 
-def check_split_fits_positions(policy: str, table: pa.Table, max_image_pixels: int, max_new_tokens: int, key: str,
+def check_split_fits_positions(policy: str, table: pa.Table, media: MediaLimits, max_new_tokens: int, key: str,
                                batch_size: int = 256) -> None:
     """Refuse, before anything starts, a record of ``table`` whose image tokens + prompt tokens +
     ``max_new_tokens`` exceed the position limit of ``policy`` (a folder for ``load_policy``):
@@ -131,11 +132,11 @@ def check_split_fits_positions(policy: str, table: pa.Table, max_image_pixels: i
     Raises:
         ValueError: one line naming the record, its counts, ``key`` and the limit
             (:func:`mmrlhf.models.policy.check_positions_fit`).
-        mmrlhf.data.media.ImageDecodeError: a stored image is unreadable (names the record).
+        mmrlhf.data.media.ImageDecodeError: a stored image or video is unreadable (names the record).
     """
     model, processor = load_policy(policy)
     ids = table.column("id").to_pylist()
     for start in range(0, table.num_rows, batch_size):
         chunk = table.slice(start, batch_size)
-        batch = encode_prompts(processor, decode_images(chunk, max_image_pixels), chunk.column("prompt").to_pylist())
+        batch = encode_prompts(processor, decode_images(chunk, media), chunk.column("prompt").to_pylist())
         check_positions_fit(model, batch, max_new_tokens, ids[start:start + batch_size], key)

@@ -155,7 +155,7 @@ def run_retrieve(cfg: RunConfig, query: str | None = None, image: str | None = N
         check_current(cfg, REWARD.folder, force)
     table = load_split(cfg, split)
     ids = table.column("id").to_pylist()
-    embedded = embed_split(embedder, ids, decode_images(table, cfg.data.max_image_pixels), record_references(table))
+    embedded = embed_split(embedder, ids, decode_images(table, cfg.data.media), record_references(table))
     base = {"split": split, "model": model}
     if query_image is None:
         scores = (embedder.embed_texts([query]) @ embedded.image_emb.T)[0]  # (N,)

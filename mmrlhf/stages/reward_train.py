@@ -70,9 +70,12 @@ def random_shift(images: torch.Tensor, max_px: int, generator: torch.Generator) 
     """Each image of ``(B, C, S, S)`` moved by up to ``max_px`` pixels each way; the border fills with its corner value.
 
     The digits renderer already places rows at random offsets, so shifted copies stay in distribution.
+    Videos' sampled frames ``(B, K, C, S, S)`` move alike within each video.
     """
     if max_px == 0:
         return images
+    if images.ndim == 5:
+        return random_shift(images.flatten(1, 2), max_px, generator).unflatten(1, images.shape[1:3])
     pad = F.pad(images, (max_px,) * 4, mode="replicate")  # (B, C, S + 2m, S + 2m)
     dx, dy = torch.randint(0, 2 * max_px + 1, (2, len(images)), generator=generator).tolist()
     size = images.shape[-1]
@@ -98,7 +101,7 @@ def contrastive_warm_start(model: RewardModel, images: torch.Tensor, references:
             refs = [references[i] for i in idx.tolist()]
             texts = refs + [hard_negative(r, vocabulary, rng) for r in refs for _ in range(n_hard)]
             pixels = random_shift(images[idx], shift_px, generator)  # (B, 3, S, S)
-            image_emb = model.clip.encode_image(pixels, normalize=True)  # (B, E)
+            image_emb = model.encode_image(pixels)  # (B, E)
             text_emb = model.clip.encode_text(model.tokenize(texts), normalize=True)  # (B * (1 + n_hard), E)
             logits = model.clip.logit_scale.exp() * image_emb @ text_emb.T  # (B, B * (1 + n_hard))
             target = torch.arange(len(idx))
@@ -121,7 +124,7 @@ def _pair_tensors(model: RewardModel, pairs: pa.Table, row_of: dict[str, int]) -
 def _pair_scores(model: RewardModel, images: torch.Tensor, rows, chosen, rejected) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores (P,) of chosen and rejected; each distinct image of ``rows`` is encoded once."""
     unique, inverse = torch.unique(rows, return_inverse=True)
-    image_emb = model.clip.encode_image(images[unique], normalize=True)[inverse]  # (P, E)
+    image_emb = model.encode_image(images[unique])[inverse]  # (P, E)
     text_emb = model.clip.encode_text(torch.cat([chosen, rejected]), normalize=True)  # (2P, E)
     scores = model.score_embeddings(image_emb.repeat(2, 1), text_emb)  # (2P,)
     return scores[:len(rows)], scores[len(rows):]
@@ -186,10 +189,10 @@ def run_reward_training(cfg: RunConfig, force: bool = False, append: bool = Fals
     row_of = {rid: i for i, rid in enumerate(feedback.column("id").to_pylist())}
 
     model = RewardModel.from_pretrained(paths.reward_model) if append else initial_reward_model(cfg)
-    images = model.preprocess(decode_images(feedback, cfg.data.max_image_pixels))
+    images = model.preprocess(decode_images(feedback, cfg.data.media))
     if rc.clip_epochs and not append:
         sft = load_split(cfg, "sft")
-        contrastive_warm_start(model, model.preprocess(decode_images(sft, cfg.data.max_image_pixels)),
+        contrastive_warm_start(model, model.preprocess(decode_images(sft, cfg.data.media)),
                                sft.column("reference").to_pylist(), rc.clip_epochs, rc.batch_size, rc.clip_lr,
                                rc.hard_negatives, rc.clip_shift_px, generator, np.random.default_rng(cfg.seed + 2))
 

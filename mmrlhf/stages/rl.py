@@ -99,7 +99,7 @@ def rl_inputs(cfg: RunConfig, force: bool = False) -> str:
     check_prompts_fit("rl.prompts_per_step", cfg.rl.prompts_per_step, "feedback", pool.num_rows)
     warn_truncation(AutoTokenizer.from_pretrained(sft), [r for r in pool.column("reference").to_pylist() if r],
                     cfg.rl.max_new_tokens, "rl.max_new_tokens", "the feedback split's references")
-    check_split_fits_positions(sft, pool, cfg.data.max_image_pixels, cfg.rl.max_new_tokens, "rl.max_new_tokens")
+    check_split_fits_positions(sft, pool, cfg.data.media, cfg.rl.max_new_tokens, "rl.max_new_tokens")
     return sft
 
 
@@ -190,7 +190,7 @@ def rl_system(cfg: RunConfig, force: bool = False) -> Iterator[RLSystem]:
             dict(policy_path=sft, scorer_factory=lambda: serve_scorer(REWARD_APP, timeout_s=timeout_s, retries=retries),
                  seed=cfg.seed, temperature=rl.temperature, top_p=rl.top_p, top_k=rl.top_k,
                  max_new_tokens=rl.max_new_tokens,
-                 max_image_pixels=cfg.data.max_image_pixels, device=_device(res.rollout_gpus)),
+                 media=cfg.data.media, device=_device(res.rollout_gpus)),
             _actor_options(res.rollout_cpus, res.rollout_gpus, res.rollout_resource),
             pad_token_id(sft), transport)
         with timer("time/startup/learners"):  # the rollout workers start meanwhile

@@ -105,7 +105,7 @@ def sft_examples(cfg: RunConfig, processor, split: str = "sft") -> SFTExamples:
     if split == "sft":
         warn_truncation(processor.tokenizer, references, cfg.sft.max_new_tokens, "sft.max_new_tokens",
                         "the sft split's references")
-    prompts = encode_prompts(processor, decode_images(table, cfg.data.max_image_pixels),
+    prompts = encode_prompts(processor, decode_images(table, cfg.data.media),
                              table.column("prompt").to_pylist())
     return SFTExamples(prompts, *encode_responses(processor, references, cfg.sft.max_new_tokens))
 

@@ -18,7 +18,7 @@ PNG = encode_png(np.zeros((4, 4), dtype=np.uint8))
 
 def record(record_id="r1", **overrides):
     row = {"id": record_id, "image": PNG, "prompt": "What number is written?",
-           "reference": "one", "references": None, "split": "sft", "scan_ids": [1, 2]}
+           "reference": "one", "references": None, "split": "sft", "scan_ids": [1, 2], "video": None}
     row.update(overrides)
     return row
 

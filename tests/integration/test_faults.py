@@ -61,7 +61,7 @@ def test_rollout_worker_killed_mid_step_is_restarted_with_the_current_policy(ray
 def _scoring_inputs(cfg, n=4):
     """(images, responses, references, prompts) of n feedback records."""
     pool = load_split(cfg, "feedback").slice(0, n)
-    return (decode_images(pool, cfg.data.max_image_pixels), ["four one", "two", "", "seven seven seven"][:n],
+    return (decode_images(pool, cfg.data.media), ["four one", "two", "", "seven seven seven"][:n],
             pool.column("reference").to_pylist(), pool.column("prompt").to_pylist())
 
 
@@ -98,7 +98,7 @@ def test_samples_that_cannot_be_scored_are_left_unscored_not_zero(ray_cluster, t
         with pytest.raises(ScoringFailed, match="2 tries failed"):
             serve_scorer("reward-stuck", timeout_s=1.0, retries=1)(*_scoring_inputs(tiny_run))
         worker = RolloutWorker(str(policy_path(tiny_run, "sft")), lambda: serve_scorer("reward-stuck", timeout_s=1.0, retries=0),
-                               seed=0, temperature=1.0, max_new_tokens=4, max_image_pixels=tiny_run.data.max_image_pixels)
+                               seed=0, temperature=1.0, max_new_tokens=4, media=tiny_run.data.media)
         records = PromptSource(load_split(tiny_run, "feedback"), 2, seed=0).next_batch()
         rollout = worker.generate(records, samples_per_prompt=2, step=0)
         assert len(rollout) == 4 and torch.isnan(rollout.scores).all()  # dropped from learning, never 0

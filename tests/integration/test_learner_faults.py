@@ -37,7 +37,7 @@ def _rollout_with_nonfinite_scores(cfg):
     threads = torch.get_num_threads()
     try:
         worker = RolloutWorker(str(policy_path(cfg, "sft")), lambda: score, seed=0, temperature=1.0,
-                               max_new_tokens=cfg.rl.max_new_tokens, max_image_pixels=cfg.data.max_image_pixels)
+                               max_new_tokens=cfg.rl.max_new_tokens, media=cfg.data.media)
         return worker.generate(PromptSource(load_split(cfg, "feedback"), 4, seed=0).next_batch(), 2, step=0)
     finally:
         torch.set_num_threads(threads)

@@ -54,7 +54,7 @@ def test_two_rl_steps_sync_versions_and_weights_with_serve_rewards(ray_cluster, 
     assert items_scored == 2 * rows_per_step
     _, _, rollout, _ = steps[-1]
     pool = load_split(cfg, "feedback")
-    image_of = dict(zip(pool.column("id").to_pylist(), decode_images(pool, cfg.data.max_image_pixels)))
+    image_of = dict(zip(pool.column("id").to_pylist(), decode_images(pool, cfg.data.media)))
     local = RewardScorer.from_pretrained(RunPaths(cfg.run_dir).reward_model).score(
         [image_of[p] for p in rollout.prompt_ids], rollout.texts)
     torch.testing.assert_close(rollout.scores, torch.from_numpy(local), rtol=1e-4, atol=1e-4)

@@ -27,7 +27,7 @@ def test_worker_samples_with_the_checkpoints_top_k_and_the_learner_agrees(tmp_pa
     records = [{"id": "a", "image": png.getvalue(), "prompt": "What number is written?"}]
 
     worker = RolloutWorker(str(folder), lambda: _score, seed=0, temperature=None, max_new_tokens=6,
-                           max_image_pixels=16_000_000, top_p=0.9)
+                           top_p=0.9)
     assert worker.sampling == Sampling(1.0, 0.9, 7)
     rollout = worker.generate(records, samples_per_prompt=3, step=0)
     learner = resolve_sampling(model.generation_config, None, 0.9, None)  # what a learner rank resolves

@@ -7,6 +7,7 @@ import pytest
 import ray
 
 from mmrlhf.config import load_config
+from mmrlhf.data.media import MediaLimits
 from mmrlhf.stages.fit import (check_cluster_fits, check_prompts_fit, check_split_fits_positions,
                                reference_token_counts, total_demand, truncation_warning)
 from mmrlhf.models.tokenizer import train_tokenizer
@@ -86,7 +87,7 @@ def test_a_record_too_long_for_the_policy_positions_is_refused_at_data_time(tmp_
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(png, format="PNG")
     table = pa.table({"id": ["short", "long"], "image": [png.getvalue()] * 2,
                       "prompt": ["What number is written?", " ".join(["digits"] * 40)]})
-    check_split_fits_positions(str(policy), table.slice(0, 1), 16_000_000, 160, "rl.max_new_tokens")
+    check_split_fits_positions(str(policy), table.slice(0, 1), MediaLimits(), 160, "rl.max_new_tokens")
     with pytest.raises(ValueError, match=r"^record long: 64 image tokens \+ 41 prompt tokens \+ rl.max_new_tokens=160 "
                                          r"need 265 positions, above the model's limit of 256"):
-        check_split_fits_positions(str(policy), table, 16_000_000, 160, "rl.max_new_tokens")
+        check_split_fits_positions(str(policy), table, MediaLimits(), 160, "rl.max_new_tokens")

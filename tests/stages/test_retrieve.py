@@ -30,7 +30,7 @@ def embedded(reward_run):
     """(test split table, its images, (N, E) image and the scorer) of the trained reward model, computed directly."""
     scorer = RewardScorer.from_pretrained(RunPaths(reward_run.run_dir).reward_model)
     table = load_split(reward_run, "test")
-    images = decode_images(table, reward_run.data.max_image_pixels)
+    images = decode_images(table, reward_run.data.media)
     return table, images, scorer.embed_images(images), scorer
 
 

@@ -47,6 +47,11 @@ def supported_model_types() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def video_model_types() -> list[str]:
+    """The ``config.model_type`` values whose adapter has a video path (``Family.takes_video``), sorted."""
+    return sorted(name for name, cls in _REGISTRY.items() if cls.takes_video)
+
+
 def family_for(model: Any) -> "Family":
     """The adapter of ``model`` (a transformers model, or its config).
 
@@ -76,6 +81,7 @@ class Family:
 
     default_chat_template: str | None = None  # used when the processor brings none
     nested_images = False  # whether the processor takes the images as one list per text
+    takes_video = False  # whether the processor and model take clips (``videos=``)
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -88,16 +94,18 @@ class Family:
         ids = (getattr(self.config, name, None) for name in ("image_token_id", "video_token_id"))
         return tuple(sorted({i for i in ids if i is not None}))
 
-    def chat_prompt(self, processor: Any, prompt: str) -> str:
-        """One user turn (an image, then ``prompt``) through the processor's chat template, with
-        the generation prompt; the template writes the placeholder the processor expands.
+    def chat_prompt(self, processor: Any, prompt: str, video: bool = False) -> str:
+        """One user turn (an image, or a video when ``video``, then ``prompt``) through the
+        processor's chat template, with the generation prompt; the template writes the
+        placeholder the processor expands.
 
         Raises ValueError when neither the processor nor the family has a chat template.
         """
         template = getattr(processor, "chat_template", None) or self.default_chat_template
         if template is None:
             raise ValueError(f"{type(processor).__name__} has no chat_template (save one with the checkpoint)")
-        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        visual = {"type": "video" if video else "image"}
+        conversation = [{"role": "user", "content": [visual, {"type": "text", "text": prompt}]}]
         return processor.apply_chat_template(conversation, chat_template=template, add_generation_prompt=True,
                                              tokenize=False)
 
@@ -106,12 +114,15 @@ class Family:
         flat, or one list per text (``nested_images``)."""
         return [[image] for image in images] if self.nested_images else images
 
-    def encode(self, processor: Any, images: list[Any], texts: list[str]) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                    dict[str, torch.Tensor]]:
+    def encode(self, processor: Any, images: list[Any], texts: list[str], video: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Processor call on chat-templated ``texts`` -> (input_ids (B, T), attention_mask (B, T),
-        vision {name: (B, ...)}), left-padded (see :func:`adds_special_tokens` for the bos token)."""
-        enc = processor(images=self.processor_images(images), text=texts, return_tensors="pt", padding=True,
-                        add_special_tokens=adds_special_tokens(processor, texts[0]))
+        vision {name: (B, ...)}), left-padded (see :func:`adds_special_tokens` for the bos token).
+        ``video``: ``images`` are clips (F, H, W, 3), given as ``videos=`` (families that take video).
+        """
+        visuals = {"videos": list(images)} if video else {"images": self.processor_images(images)}
+        enc = processor(text=texts, return_tensors="pt", padding=True,
+                        add_special_tokens=adds_special_tokens(processor, texts[0]), **visuals)
         return enc["input_ids"], enc["attention_mask"], self.to_rows(enc)
 
     def to_rows(self, enc: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -168,8 +179,13 @@ class Family:
     def pooled_image_features(self, model: nn.Module, vision: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, H): the mean of each row's image tokens as the language model sees them
         (the model's own ``get_image_features``: vision tower + projector)."""
-        features = model.model.get_image_features(**self.model_inputs(vision))
-        features = getattr(features, "pooler_output", features)
-        if isinstance(features, (list, tuple)):
-            return torch.stack([f.reshape(-1, f.shape[-1]).mean(0) for f in features])
-        return features.reshape(features.shape[0], -1, features.shape[-1]).mean(1)
+        return pool_rows(model.model.get_image_features(**self.model_inputs(vision)))
+
+
+def pool_rows(features: Any) -> torch.Tensor:
+    """A ``get_image_features``/``get_video_features`` output (its ``pooler_output`` when it has
+    one: a (B, N, H) tensor, or one (N_i, H) tensor a row) -> (B, H), the mean over each row's tokens."""
+    features = getattr(features, "pooler_output", features)
+    if isinstance(features, (list, tuple)):
+        return torch.stack([f.reshape(-1, f.shape[-1]).mean(0) for f in features])
+    return features.reshape(features.shape[0], -1, features.shape[-1]).mean(1)

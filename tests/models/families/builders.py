@@ -11,36 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from mmrlhf.models.presets import save_random_policy
+from mmrlhf.models.qwen_preset import CHAT_WORDS, QWEN2_VL_CHAT_TEMPLATE, qwen_token_ids, qwen_tokenizer
 from mmrlhf.models.tokenizer import default_corpus, train_tokenizer
 
 # a one-layer ViT on 32-pixel images of 8-pixel patches (16 patches), for the CLIP/SigLIP towers
 VIT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32,
        "patch_size": 8}
-CHAT_WORDS = ["system you are a helpful assistant user", "user assistant"]
-
-QWEN2_VL_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
-    "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n{% else %}"
-    "{% for content in message['content'] %}{% if content['type'] == 'image' %}"
-    "<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] == 'video' %}"
-    "<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
-    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def _qwen_tokenizer():
-    return train_tokenizer(default_corpus() + CHAT_WORDS,
-                           named_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
-                           control_tokens=("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"))
-
-
-def _qwen_ids(tokenizer) -> dict[str, int]:
-    ids = tokenizer.convert_tokens_to_ids
-    return {"image_token_id": ids("<|image_pad|>"), "video_token_id": ids("<|video_pad|>"),
-            "vision_start_token_id": ids("<|vision_start|>"), "vision_end_token_id": ids("<|vision_end|>")}
-
-
 def _text(tokenizer, **extra) -> dict:
     """A 2-layer, 64-wide decoder with 4 heads of 16 (2 kv heads), 256 positions."""
     return {"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -57,7 +33,7 @@ def _build_qwen(names: tuple[str, str, str, str], vision: dict, out_dir: str | P
     import transformers
 
     config_cls, model_cls, processor_cls, video_cls = (getattr(transformers, n) for n in names)
-    tokenizer = _qwen_tokenizer()
+    tokenizer = qwen_tokenizer()
     pixels = {"patch_size": 4, "merge_size": 2, "temporal_patch_size": 2, "min_pixels": 16 * 16,
               "max_pixels": 64 * 64}
     processor = processor_cls(image_processor=transformers.Qwen2VLImageProcessor(**pixels), tokenizer=tokenizer,
@@ -66,7 +42,7 @@ def _build_qwen(names: tuple[str, str, str, str], vision: dict, out_dir: str | P
     config = config_cls(text_config=_text(tokenizer, rope_parameters=rope, **(head_dim or {})),
                         vision_config={"depth": 1, "num_heads": 2, "patch_size": 4, "spatial_merge_size": 2,
                                        "temporal_patch_size": 2, **vision},
-                        **_qwen_ids(tokenizer))
+                        **qwen_token_ids(tokenizer))
     return save_random_policy(model_cls, config, processor, out_dir, seed)
 
 

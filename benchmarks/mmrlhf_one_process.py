@@ -94,7 +94,7 @@ def main() -> None:
         return sources.score(images, texts, references, prompt_texts) | {REWARD_VERSION: np.zeros(len(texts))}
 
     worker = RolloutWorker(sft, lambda: score, cfg.seed, rl.temperature, rl.max_new_tokens,
-                           cfg.data.max_image_pixels, top_p=rl.top_p, top_k=rl.top_k)
+                           cfg.data.media, top_p=rl.top_p, top_k=rl.top_k)
     learner = LocalLearnerGroup(rl, sft, cfg.seed)
     history: list[dict[str, float]] = []
     loop_start = time.time()

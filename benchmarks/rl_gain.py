@@ -45,7 +45,7 @@ from mmrlhf.models.policy import encode_prompts, generate, load_policy
 from mmrlhf.reward.scorer import RewardScorer
 from mmrlhf.stages.common import RunPaths, atomic_dir, minibatches, seed_everything
 from mmrlhf.stages.data import decode_images, load_split
-from mmrlhf.stages.eval import greedy_responses
+from mmrlhf.stages.eval import eval_responses
 from mmrlhf.stages.rl import run_rl
 from mmrlhf.stages.sft import fit, sft_examples, sft_loss
 from mmrlhf.stages.train import run_train
@@ -65,8 +65,8 @@ def correct_greedy(policy: str | Path, cfg: RunConfig) -> np.ndarray:
     model, processor = load_policy(str(policy))
     model.eval()
     table = load_split(cfg, cfg.eval.split)
-    texts = greedy_responses(model, processor, decode_images(table, cfg.data.media),
-                             table.column("prompt").to_pylist(), cfg.eval.batch_size, cfg.eval.max_new_tokens)
+    texts = eval_responses(model, processor, decode_images(table, cfg.data.media),
+                           table.column("prompt").to_pylist(), cfg.eval.batch_size, cfg.eval.max_new_tokens)
     return np.array([exact_match(t, r) for t, r in zip(texts, table.column("reference").to_pylist())])
 
 

@@ -454,18 +454,28 @@ class ResourcesConfig:
 
 @dataclass
 class EvalConfig:
-    """Held-out evaluation: greedy decoding on ``split``; ``n_review`` samples kept for people."""
+    """Held-out evaluation on ``split``; ``n_review`` samples kept for people.
+
+    Greedy decoding unless ``do_sample``: then one sample per prompt at ``temperature``,
+    ``top_p``, ``top_k`` (each None: the checkpoint's ``generation_config``, else off), drawn from
+    a generator seeded with the run's ``seed``, so an eval is repeatable.
+    """
 
     split: str = "test"
     batch_size: int = 64
     max_new_tokens: int = 8
     n_review: int = 50
+    do_sample: bool = False
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
 
     def __post_init__(self) -> None:
         _choice("eval.split", self.split, ("val", "test"))
         _positive("eval.batch_size", self.batch_size)
         _positive("eval.max_new_tokens", self.max_new_tokens)
         _positive("eval.n_review", self.n_review, zero_ok=True)
+        check_sampling("eval.", self.temperature, self.top_p, self.top_k)
 
 
 @dataclass

@@ -4,7 +4,7 @@ the reward model's cross-modal retrieval recall@K (:mod:`mmrlhf.stages.retrieve`
 The text metrics use every reference of a record (:mod:`mmrlhf.stages.text_metrics`); the
 gold score comes from ``mmrlhf.data.digits``, only for the digits task
 (:attr:`mmrlhf.config.DataConfig.has_gold_score`).
-Greedy decoding. Writes ``metrics.json`` and the samples for human review as Parquet and CSV,
+Greedy decoding unless ``eval.do_sample`` (then seeded sampling at the eval's settings). Writes ``metrics.json`` and the samples for human review as Parquet and CSV,
 their images and an HTML page (:mod:`mmrlhf.stages.review`); metrics and samples also go to
 TensorBoard under ``eval/<label>/``.
 """
@@ -25,6 +25,7 @@ from mmrlhf.data.digits import gold_score
 from mmrlhf.data.schema import record_references
 from mmrlhf.metrics import log_to_tensorboard
 from mmrlhf.models.policy import encode_prompts, generate, load_policy
+from mmrlhf.models.sampling import Sampling, resolve_sampling
 from mmrlhf.reward.scorer import RewardScorer
 from mmrlhf.stages.common import RunPaths, atomic_dir, policy_path, write_json
 from mmrlhf.stages.fit import warn_truncation
@@ -36,14 +37,25 @@ from mmrlhf.stages.text_metrics import text_metrics
 from mmrlhf.stats import SMALL_SAMPLE, interval_keys, mean_interval, small_sample_warning
 
 
+def eval_sampling(cfg: RunConfig, model) -> Sampling | None:
+    """The eval's sampling settings (:class:`mmrlhf.config.EvalConfig`): None for greedy decoding,
+    else ``eval.temperature``/``top_p``/``top_k`` over the checkpoint's ``generation_config``."""
+    ev = cfg.eval
+    return resolve_sampling(model.generation_config, ev.temperature, ev.top_p, ev.top_k) if ev.do_sample else None
+
+
 @torch.no_grad()
-def greedy_responses(model, processor, images: list[np.ndarray], prompts: list[str],
-                     batch_size: int, max_new_tokens: int) -> list[str]:
-    """Greedy responses of ``model`` for each (image, prompt), in batches of ``batch_size``."""
+def eval_responses(model, processor, images: list[np.ndarray], prompts: list[str], batch_size: int,
+                   max_new_tokens: int, sampling: Sampling | None = None, seed: int = 0) -> list[str]:
+    """One response of ``model`` for each (image, prompt), in batches of ``batch_size``: greedy
+    when ``sampling`` is None, else sampled with it from a generator seeded with ``seed`` (the same
+    responses on every call)."""
     texts: list[str] = []
+    generator = torch.Generator(model.device).manual_seed(seed)
+    options = {"do_sample": False} if sampling is None else {"generator": generator, **sampling.kwargs()}
     for start in tqdm(range(0, len(prompts), batch_size), desc="eval", unit="batch"):
         batch = encode_prompts(processor, images[start:start + batch_size], prompts[start:start + batch_size])
-        texts += generate(model, processor, batch, max_new_tokens, do_sample=False).texts
+        texts += generate(model, processor, batch, max_new_tokens, **options).texts
     return texts
 
 
@@ -82,7 +94,8 @@ def run_eval(cfg: RunConfig, policy: str = "sft", force: bool = False) -> dict[s
     all_references = record_references(table)
     warn_truncation(processor.tokenizer, [ref for refs in all_references for ref in refs], cfg.eval.max_new_tokens,
                     "eval.max_new_tokens", f"the {cfg.eval.split} split's references")
-    texts = greedy_responses(model, processor, images, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens)
+    texts = eval_responses(model, processor, images, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens,
+                           eval_sampling(cfg, model), cfg.seed)
 
     metrics = text_metrics(texts, all_references)
     columns = {"id": table.column("id"), "prompt": prompts, "reference": references,

@@ -1,7 +1,7 @@
 """Stage 6, eval, by people: blind A/B pairs of two policies on held-out prompts (``mmrlhf eval --human``).
 
 The baseline (SFT by default) and the evaluated policy (RL by default) answer the first
-``eval.n_review`` prompts of ``eval.split`` greedily (:func:`mmrlhf.stages.eval.greedy_responses`);
+``eval.n_review`` prompts of ``eval.split`` with the eval's decoding (:func:`mmrlhf.stages.eval.eval_responses`);
 each prompt whose two responses differ becomes one pairwise task in
 ``<run_dir>/eval/human/tasks/``, whose ``origin_a`` / ``origin_b`` say which policy wrote what.
 The labeling page never shows that and draws the sides per annotator, so the pairs are blind.
@@ -23,7 +23,7 @@ from mmrlhf.feedback.tasks import PromptSamples, load_tasks, task_rows, write_ta
 from mmrlhf.models.policy import load_policy
 from mmrlhf.stages.common import RunPaths, policy_path, write_json
 from mmrlhf.stages.data import decode_images, load_split, prepare_data
-from mmrlhf.stages.eval import greedy_responses
+from mmrlhf.stages.eval import eval_responses, eval_sampling
 
 
 def human_eval_dir(cfg: RunConfig) -> Path:
@@ -54,7 +54,8 @@ def prepare_human_eval(cfg: RunConfig, policy: str = "rl", baseline: str = "sft"
     for name, path in paths.items():
         model, processor = load_policy(str(path))
         model.eval()
-        texts[name] = greedy_responses(model, processor, images, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens)
+        texts[name] = eval_responses(model, processor, images, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens,
+                                     eval_sampling(cfg, model), cfg.seed)
     samples = [PromptSamples(record["id"], record["prompt"], record["image"], [a, b], origins=[baseline, policy])
                for record, a, b in zip(table.to_pylist(), texts[baseline], texts[policy]) if a != b]
     identical = table.num_rows - len(samples)

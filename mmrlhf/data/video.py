@@ -90,9 +90,11 @@ def encode_video(frames: np.ndarray, fps: float, lossless: bool = False) -> byte
     """Encode uint8 RGB frames (F, H, W, 3), F >= 1, at ``fps`` frames per second -> container bytes.
 
     Default: H.264 (libx264, CRF 18, yuv420p) in MP4, so H and W must be even; ``lossless``:
-    FFV1 (RGB) in Matroska, any size. One encoder thread and FFmpeg's bitexact flags, so the same
-    frames always give the same bytes. Raises ValueError for another dtype or shape, or odd sizes
-    with H.264.
+    FFV1 (RGB) in Matroska, any size. One encoder thread and FFmpeg's bitexact flags. FFV1 gives
+    the same bytes for the same frames; H.264 gave the same bytes for the digits clips every time
+    here, but once not for frames of random noise late in a long test session (cause not found),
+    so only the lossless path is promised byte for byte. Raises ValueError for another dtype or
+    shape, or odd sizes with H.264.
     """
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3 or len(frames) == 0:
         raise ValueError(f"encode_video: expected uint8 (F>=1, H, W, 3), got {frames.dtype} {frames.shape}")

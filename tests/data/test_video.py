@@ -72,9 +72,11 @@ def test_h264_mp4_decodes_to_rgb_frames_near_the_originals():
     assert np.abs(decoded.astype(int) - frames).max() <= 3
 
 
-def test_encoding_is_deterministic():
+def test_lossless_encoding_is_byte_identical_and_decodes_to_the_frames():
     frames = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
-    assert encode_video(frames, fps=2) == encode_video(frames, fps=2)
+    data = encode_video(frames, fps=2, lossless=True)
+    assert data == encode_video(frames, fps=2, lossless=True)
+    np.testing.assert_array_equal(decode_video(data, "clip"), frames)
 
 
 @pytest.mark.parametrize("data, reason", [

@@ -12,7 +12,6 @@ only (the family's way), so a prompt's continuation does not depend on how much 
 needed. Prompts are never cut: a prompt whose image tokens + text + `max_new_tokens` exceed the
 model's positions is refused (`check_positions_fit`).
 
-
 Log-probs: `generate` and `response_logprobs` both score a token with
 `mmrlhf.models.sampling.token_logprobs`: log-probs in nats (float32) of the distribution actually
 sampled, softmax(logits / temperature) without the family's image placeholder tokens, truncated

@@ -181,7 +181,8 @@ class RolloutWorker:
             self.load_weights(weights[0], ray.get(weights[1][0]))
         start = time.perf_counter()
         rows = [r for r in records for _ in range(samples_per_prompt)]
-        images = [decode_media(r["image"], r.get("video"), r["id"], self.media) for r in rows]
+        decoded = [decode_media(r["image"], r.get("video"), r["id"], self.media) for r in records]  # once a record
+        images = [media for media in decoded for _ in range(samples_per_prompt)]
         batch = encode_prompts(self.processor, images, [r["prompt"] for r in rows])
         check_positions_fit(self.model, batch, self.max_new_tokens, [r["id"] for r in rows], "rl.max_new_tokens")
         generator = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + step)

@@ -33,8 +33,15 @@ def clip_frames(env_id: str, seconds: float) -> int:
 def env_config(cfg: AgentConfig) -> dict:
     """The env_config every EnvRunner passes to `make_env`."""
     return {"env_id": cfg.env.env_id, "learned": cfg.reward == "learned", "frame_size": cfg.env.frame_size,
+            "frame_stack": cfg.env.frame_stack, "render_action": cfg.env.render_action,
             "transform": cfg.env.transform, "reward_scale": cfg.env.reward_scale,
-            "clip_frames": clip_frames(cfg.env.env_id, cfg.env.clip_seconds), "max_clips": cfg.preferences.max_clips}
+            "clip_frames": clip_frames(cfg.env.env_id, cfg.env.clip_seconds), "max_clips": cfg.preferences.max_clips,
+            "frames_in_infos": relabels(cfg)}
+
+
+def relabels(cfg: AgentConfig) -> bool:
+    """Whether the run relabels its replay buffer after each reward-model retrain (learned SAC)."""
+    return cfg.reward == "learned" and cfg.rl.algorithm == "sac" and cfg.preferences.relabel
 
 
 def algorithm_config(cfg: AgentConfig) -> AlgorithmConfig:

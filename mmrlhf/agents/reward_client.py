@@ -32,7 +32,7 @@ class RewardClient:
         self._handle = None
 
     def __call__(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """frames: uint8 (B, S, S) -> (rewards float32 (B,), weights versions int64 (B,)).
+        """frames: uint8 (B, S, S) or (B, C, S, S) -> (rewards float32 (B,), weights versions int64 (B,)).
 
         Raises RewardCallError naming the attempts and the last failure when every attempt fails.
         """

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.utils.replay_buffers.episode_replay_buffer import EpisodeReplayBuffer
 
 from mmrlhf.agents.config import AgentConfig
-from mmrlhf.agents.env import Clip, find_wrapper
+from mmrlhf.agents.env import Clip, find_wrapper, shape_reward
 from mmrlhf.agents.frames import save_strip
 from mmrlhf.agents.preferences import PairSet, select_queries, simulated_labels, true_order_accuracy
 from mmrlhf.agents.reward_model import FrameRewardEnsemble, train_ensemble
@@ -31,6 +32,28 @@ def sample_random(algo: Algorithm, env_steps: int) -> int:
     return sum(len(e) for runner_episodes in episodes for e in runner_episodes)
 
 
+def relabel_replay_buffer(buffer: EpisodeReplayBuffer, ensemble: FrameRewardEnsemble, transform: str,
+                          reward_scale: float) -> int:
+    """Rewrite the reward of every transition in an RLlib replay buffer with `ensemble`
+    (PEBBLE, Lee et al. 2021, section 4.2: an off-policy learner must not mix rewards of old and
+    new reward models). Reward t of an episode comes from the frame in its infos[t + 1] (the
+    frame after step t, put there by the wrapper's `frames_in_infos`), shaped as the wrapper
+    does (`shape_reward`). Returns the number of transitions relabelled.
+
+    Raises KeyError naming the episode when a step's infos hold no "frame".
+    """
+    relabelled = 0
+    for episode in buffer.episodes:
+        infos = episode.get_infos()[1:]  # infos[t + 1] belongs to reward t
+        if any("frame" not in info for info in infos):
+            raise KeyError(f"relabel_replay_buffer: episode {episode.id_} has steps without a 'frame' in "
+                           "their infos (the env needs frames_in_infos=True)")
+        learned = ensemble.rewards(np.stack([info["frame"] for info in infos]))  # (T,)
+        episode.set_rewards(new_data=shape_reward(learned, transform, reward_scale))
+        relabelled += len(learned)
+    return relabelled
+
+
 class RewardModelLoop:
     """Owns the ensemble, the pair set and the deployment's weights versions.
 
@@ -40,7 +63,7 @@ class RewardModelLoop:
 
     def __init__(self, cfg: AgentConfig, out_dir: Path) -> None:
         self.cfg, self.prefs, self.out_dir = cfg, cfg.preferences, out_dir
-        self.ensemble = FrameRewardEnsemble(self.prefs.members, cfg.env.frame_size, cfg.seed)
+        self.ensemble = FrameRewardEnsemble(self.prefs.members, cfg.env.frame_size, cfg.seed, cfg.env.frame_stack)
         self.pairs = PairSet()
         self.rng = np.random.default_rng(cfg.seed)
         self.version = 0
@@ -65,9 +88,11 @@ class RewardModelLoop:
         self.pairs.add(clips, queries, mu)
         metrics = train_ensemble(self.ensemble, *self.pairs.arrays(), steps=self.prefs.train_steps,
                                  batch_pairs=self.prefs.batch_pairs, lr=self.prefs.lr,
-                                 seed=self.cfg.seed * 1000 + self.version)
+                                 seed=self.cfg.seed * 1000 + self.version, augment_shift=self.prefs.augment_shift,
+                                 weight_decay=self.prefs.weight_decay)
         self.version += 1
         for side, frames in (("a", frames_1[0]), ("b", frames_2[0])):
-            save_strip(frames, self.out_dir / "clips" / f"round{self.version}_{side}.png", every=5)
+            newest = frames if frames.ndim == 3 else frames[:, -1]  # (L, S, S): a stack's newest frame
+            save_strip(newest, self.out_dir / "clips" / f"round{self.version}_{side}.png", every=5)
         self._publish()
         return {"reward/accuracy": accuracy, "pairs": len(self.pairs), "reward/version": self.version, **metrics}

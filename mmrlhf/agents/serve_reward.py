@@ -27,7 +27,8 @@ VERSION = "reward_version"
 
 @serve.deployment
 class FrameRewardDeployment:
-    """Scores grey frames uint8 (B, S, S) with a `FrameRewardEnsemble` loaded from user_config.
+    """Scores grey frames uint8 (B, S, S) or frame stacks (B, C, S, S) with a `FrameRewardEnsemble`
+    loaded from user_config.
 
     user_config: {"weights_dir": directory written by `FrameRewardEnsemble.save`, "version": int}.
     """
@@ -53,7 +54,7 @@ class FrameRewardDeployment:
         return [(part, self._version) for part in np.split(rewards, np.cumsum(sizes)[:-1])]
 
     async def score(self, frames: np.ndarray) -> dict[str, np.ndarray]:
-        """frames: uint8 (B, S, S) -> {"reward": float32 (B,), "reward_version": int64 (B,)}.
+        """frames: uint8 (B, *input_shape) -> {"reward": float32 (B,), "reward_version": int64 (B,)}.
 
         Raises ValueError for frames of the wrong shape or dtype, RuntimeError while a failure
         set by `fail_next` is pending.
@@ -63,9 +64,9 @@ class FrameRewardDeployment:
             self._failures_left -= 1
             raise RuntimeError(f"FrameRewardDeployment: failing on purpose ({self._failures_left} more, fail_next)")
         frames = np.asarray(frames)
-        if frames.dtype != np.uint8 or frames.ndim != 3 or frames.shape[1:] != (self._ensemble.size,) * 2:
-            raise ValueError(f"FrameRewardDeployment.score: frames must be uint8 (B, {self._ensemble.size}, "
-                             f"{self._ensemble.size}), got {frames.dtype} {frames.shape}")
+        if frames.dtype != np.uint8 or frames.shape[1:] != self._ensemble.input_shape:
+            raise ValueError(f"FrameRewardDeployment.score: frames must be uint8 (B, {self._ensemble.input_text}), "
+                             f"got {frames.dtype} {frames.shape}")
         rewards, version = await self._score_batch(frames)
         return {REWARD: rewards, VERSION: np.full(len(frames), version, dtype=np.int64)}
 

@@ -15,15 +15,14 @@ import ray
 from ray import serve
 from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
-from mmrlhf.agents.algorithm import TRUE_RETURN, algorithm_config
+from mmrlhf.agents.algorithm import TRUE_RETURN, algorithm_config, relabels
 from mmrlhf.agents.config import AgentConfig
 from mmrlhf.agents.report import AgentLog, plot_curves, random_return
-from mmrlhf.agents.reward_loop import RewardModelLoop, sample_random, take_clips
+from mmrlhf.agents.reward_loop import RewardModelLoop, relabel_replay_buffer, sample_random, take_clips
 from mmrlhf.agents.serve_reward import APP_NAME
 from mmrlhf.cluster import init_ray, shutdown_ray
 from mmrlhf.config import save_config
 
-INITIAL_SAMPLE_FACTOR = 20  # random-action env steps per initial query, for the first clips
 MAX_INITIAL_SAMPLES = 10  # rounds of random sampling for the first 2 clips; then loop.round names the shortfall
 
 
@@ -44,7 +43,7 @@ def train_agent(cfg: AgentConfig, echo: Callable[[str], None] = print) -> list[d
             # ALGO: first queries over clips of random behaviour, before any policy update
             clips = []
             for _ in range(MAX_INITIAL_SAMPLES):  # short random episodes can leave too few clips at first
-                random_steps += sample_random(algo, INITIAL_SAMPLE_FACTOR * prefs.initial_pairs)
+                random_steps += sample_random(algo, prefs.initial_env_steps)
                 clips += take_clips(algo)
                 if len(clips) >= 2:
                     break
@@ -61,6 +60,9 @@ def train_agent(cfg: AgentConfig, echo: Callable[[str], None] = print) -> list[d
             if loop is not None and (iteration + 1) % prefs.retrain_every == 0 and rounds < prefs.rounds:
                 # ALGO: query the most disputed pairs of recent clips, retrain, swap into Serve
                 reward_metrics = loop.round(take_clips(algo), prefs.pairs_per_round)
+                if relabels(cfg):  # ALGO: the replay buffer's rewards become the new model's (PEBBLE)
+                    reward_metrics["reward/relabelled"] = relabel_replay_buffer(
+                        algo.local_replay_buffer, loop.ensemble, cfg.env.transform, cfg.env.reward_scale)
                 rounds += 1
             if loop is not None:
                 row |= reward_metrics

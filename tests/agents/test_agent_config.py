@@ -24,6 +24,9 @@ def test_clips_of_one_second_follow_each_env_render_fps():
     ("rl.algorithm=dqn", "rl.algorithm: got 'dqn', expected one of ppo, sac"),
     ("env.clip_seconds=3", "env.clip_seconds: got 3.0, expected seconds in [1, 2]"),
     ("preferences.label_noise=2", "preferences.label_noise: got 2.0, expected a probability in [0, 1]"),
+    ("env.render_action=false", "env.render_action: got False, expected true unless env_id is one of Pendulum-v1"),
+    ("env.frame_stack=5", "env.frame_stack: got 5, expected an integer in [1, 4]"),
+    ("preferences.augment_shift=9", "preferences.augment_shift: got 9, expected pixels in [0, 8]"),
     ("rl.envsteps=5", "rl.envsteps: unknown key; allowed here: algorithm, env_steps"),
 ])
 def test_malformed_agent_config_is_one_line_naming_the_key(override, message):

@@ -15,7 +15,8 @@ from tests.ops.test_ray_job import POLL_S, ROOT, _client, _finished, _head, _scr
 AGENT_SERIES = {"ray_mmrlhf_agent_learned_return", "ray_mmrlhf_agent_true_return", "ray_mmrlhf_agent_pairs",
                 "ray_mmrlhf_agent_reward_accuracy", "ray_mmrlhf_agent_env_steps"}
 SMALL = ("env.num_envs=2 env.frame_size=32 reward_cpus=0.25 rl.env_steps=400 rl.train_batch_size=200 "
-         "rl.minibatch_size=50 rl.num_epochs=1 preferences.initial_pairs=4 preferences.pairs_per_round=4 "
+         "rl.minibatch_size=50 rl.num_epochs=1 preferences.initial_pairs=4 preferences.initial_env_steps=80 "
+         "preferences.pairs_per_round=4 "
          "preferences.candidates=8 preferences.train_steps=2 preferences.retrain_every=1 preferences.rounds=1")
 
 

@@ -4,14 +4,17 @@ in-place weight swap while an RLlib PPO keeps training."""
 import numpy as np
 import math
 
+import gymnasium as gym
 import pytest
+from gymnasium.vector import SyncVectorEnv
 from ray import serve
 
 from mmrlhf.agents.algorithm import algorithm_config
 from mmrlhf.agents.config import load_agent_config
-from mmrlhf.agents.env import find_wrapper, make_env
+from mmrlhf.agents.env import LearnedRewardVectorEnv, find_wrapper, make_env
 from mmrlhf.agents.frames import downsample
 from mmrlhf.agents.reward_client import RewardCallError, RewardClient
+from mmrlhf.agents.reward_loop import relabel_replay_buffer
 from mmrlhf.agents.reward_model import FrameRewardEnsemble
 from mmrlhf.agents.serve_reward import APP_NAME, deploy_frame_reward
 
@@ -113,3 +116,72 @@ def test_weights_swap_in_place_while_rllib_trains_and_later_steps_use_the_new_mo
     finally:
         algo.stop()
         deploy_frame_reward(weights, version=0, num_cpus=0.25)
+
+
+def _buffer_rewards_and_frames(buffer):
+    """Every transition of the buffer: (rewards (N,), the frame after each step (N, S, S))."""
+    rewards = np.concatenate([episode.get_rewards() for episode in buffer.episodes])
+    frames = np.stack([info["frame"] for episode in buffer.episodes for info in episode.get_infos()[1:]])
+    return rewards, frames
+
+
+def test_sac_replay_buffer_is_relabelled_with_the_new_reward_model(deployment, tmp_path):
+    _, ensemble, _ = deployment
+    cfg = load_agent_config(None, [f"run_dir={tmp_path}", "env.env_id=Pendulum-v1", "env.num_envs=2",
+                                   f"env.frame_size={SIZE}", "env.reward_scale=3", "rl.algorithm=sac",
+                                   "rl.train_batch_size=16", "rl.learning_starts=20", "rl.hidden=[8]"])
+    algo = algorithm_config(cfg).build_algo()
+    try:
+        algo.train()
+        buffer = algo.local_replay_buffer
+        rewards, frames = _buffer_rewards_and_frames(buffer)
+        assert len(rewards) == buffer.get_num_timesteps() > 20
+        # the stored frame of step t is the one the wrapper scored for reward t (served model v0)
+        np.testing.assert_allclose(rewards, [3 * ensemble.rewards(f[None])[0] for f in frames], rtol=1e-5)
+        new = FrameRewardEnsemble(members=3, size=SIZE, seed=1)
+        assert relabel_replay_buffer(buffer, new, "identity", 3.0) == len(rewards)
+        relabelled, same_frames = _buffer_rewards_and_frames(buffer)
+        np.testing.assert_array_equal(same_frames, frames)
+        np.testing.assert_allclose(relabelled, [3 * new.rewards(f[None])[0] for f in frames], rtol=1e-5)
+        assert not np.allclose(relabelled, rewards)
+        sampled = buffer.sample(num_items=64, n_step=1, gamma=0.99)  # what SAC's learner reads
+        batch_rewards = np.concatenate([episode.get_rewards() for episode in sampled])
+        assert np.isin(np.round(batch_rewards, 4), np.round(relabelled, 4)).all()
+    finally:
+        algo.stop()
+
+
+def test_relabel_names_the_episode_whose_steps_carry_no_frame(deployment, tmp_path):
+    cfg = load_agent_config(None, [f"run_dir={tmp_path}", "env.env_id=Pendulum-v1", "env.num_envs=1",
+                                   f"env.frame_size={SIZE}", "rl.algorithm=sac", "reward=env",
+                                   "rl.train_batch_size=16", "rl.learning_starts=20", "rl.hidden=[8]"])
+    algo = algorithm_config(cfg).build_algo()  # the true-reward env renders no frames
+    try:
+        algo.train()
+        with pytest.raises(KeyError, match="episode .* without a 'frame'.*frames_in_infos"):
+            relabel_replay_buffer(algo.local_replay_buffer, deployment[1], "identity", 1.0)
+    finally:
+        algo.stop()
+
+
+def test_wrapper_stacks_each_sub_envs_last_frames_and_restarts_the_stack_after_a_reset():
+    ensemble = FrameRewardEnsemble(members=2, size=SIZE, seed=0, channels=2)
+    vector = SyncVectorEnv([lambda: gym.make("CartPole-v1", render_mode="rgb_array") for _ in range(2)])
+    env = LearnedRewardVectorEnv(vector, lambda f: (ensemble.rewards(f), np.zeros(len(f), np.int64)),
+                                 frame_size=SIZE, frame_stack=2, frames_in_infos=True)
+    env.reset(seed=0)
+    seen = []  # per step: (the frames rendered after it (2, S, S), the stacks scored (2, 2, S, S), autoreset)
+    for _ in range(40):  # always push left: each sub-env fails within ~10 steps and is reset
+        _, rewards, terminated, truncated, infos = env.step(np.array([0, 0]))
+        rendered = np.stack([downsample(f, SIZE) for f in vector.render()])
+        np.testing.assert_allclose(rewards, ensemble.rewards(infos["frame"]), rtol=1e-5)
+        seen.append((rendered, infos["frame"], terminated | truncated))
+    first_frames, first_stacks, _ = seen[0]
+    np.testing.assert_array_equal(first_stacks, np.stack([first_frames, first_frames], axis=1))  # no motion yet
+    restarts = 0
+    for (previous, _, done), (frames, stacks, _) in zip(seen, seen[1:]):
+        for i in range(2):
+            expected_oldest = frames[i] if done[i] else previous[i]  # a reset step starts a new stack
+            np.testing.assert_array_equal(stacks[i], np.stack([expected_oldest, frames[i]]))
+            restarts += int(done[i])
+    assert restarts >= 2

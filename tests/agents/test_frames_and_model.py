@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mmrlhf.agents.frames import downsample, save_strip
 from mmrlhf.agents.preferences import PairSet, select_queries, simulated_labels
-from mmrlhf.agents.reward_model import FrameRewardEnsemble, train_ensemble
+from mmrlhf.agents.reward_model import FrameRewardEnsemble, random_shift, train_ensemble
 
 
 def test_downsample_is_the_box_average_of_grey():
@@ -30,6 +31,33 @@ def test_ensemble_save_load_gives_the_same_rewards(tmp_path):
     np.testing.assert_array_equal(FrameRewardEnsemble.load(tmp_path).rewards(frames), ensemble.rewards(frames))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         FrameRewardEnsemble.load(tmp_path / "missing")
+
+
+def test_stacked_ensemble_takes_c_frames_per_input_and_keeps_them_through_save_load(tmp_path):
+    ensemble = FrameRewardEnsemble(members=2, size=32, seed=1, channels=2)
+    stacks = np.random.default_rng(0).integers(0, 256, (5, 2, 32, 32), dtype=np.uint8)  # (N, C, S, S)
+    assert ensemble.input_shape == (2, 32, 32) and ensemble.rewards(stacks).shape == (5,)
+    np.testing.assert_array_equal(FrameRewardEnsemble.load(ensemble.save(tmp_path)).rewards(stacks),
+                                  ensemble.rewards(stacks))
+    with pytest.raises(ValueError, match=r"uint8 \(N, 2, 32, 32\), got uint8 \(5, 32, 32\)"):
+        ensemble.rewards(stacks[:, 0])  # single frames given to a 2-frame model
+    with pytest.raises(ValueError, match=r"\(P, L, 2, 32, 32\)"):
+        train_ensemble(ensemble, stacks[None, :, 0], stacks[None, :, 0], np.ones(1, np.float32))
+
+
+def test_stacked_ensemble_learns_motion_that_one_frame_cannot_show():
+    # The annotator prefers still clips; every input has the same frames, only their order moves.
+    a, b = np.zeros((32, 32), np.uint8), np.full((32, 32), 255, np.uint8)
+    def clip(moving):  # (L=4, C=2, 32, 32): moving inputs alternate a->b, b->a; still ones a->a, b->b
+        return np.stack([np.stack([x, y if t < moving else x]) for t, (x, y) in enumerate([(a, b), (b, a)] * 2)])
+    counts = np.array([(i, j) for i in range(5) for j in range(5) if i != j] * 3)
+    c1, c2 = np.stack([clip(i) for i, _ in counts]), np.stack([clip(j) for _, j in counts])
+    mu = (counts[:, 0] < counts[:, 1]).astype(np.float32)  # fewer moving steps is better
+    ensemble = FrameRewardEnsemble(members=3, size=32, seed=0, channels=2)
+    metrics = train_ensemble(ensemble, c1, c2, mu, steps=80, batch_pairs=16, lr=3e-3)
+    assert metrics["reward/train_accuracy"] == 1.0
+    still, moving = ensemble.rewards(np.stack([np.stack([a, a]), np.stack([a, b])]))
+    assert still > moving
 
 
 def test_trained_ensemble_prefers_brighter_clips_as_the_labels_say():
@@ -70,3 +98,20 @@ def test_selected_queries_are_distinct_clips_of_the_pool():
     assert c1.shape == c2.shape == (4, 3, 32, 32) and pairs.returns_1 == [3.0] * 4
     with pytest.raises(ValueError, match="need >= 2 clips"):
         select_queries(FrameRewardEnsemble(members=3, size=32), clips[:1], 1, 5, rng)
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 8, 8), (4, 3, 2, 8, 8)])  # (N, L, S, S) and stacks (N, L, C, S, S)
+def test_random_shift_moves_every_frame_of_a_clip_by_one_offset_of_the_edge_padded_clip(shape):
+    clips = torch.randint(0, 256, shape, dtype=torch.uint8)
+    generator = torch.Generator().manual_seed(0)
+    shifted = random_shift(clips, 2, generator)
+    assert shifted.shape == clips.shape and shifted.dtype == torch.uint8
+    offsets = set()
+    for clip, out in zip(clips.numpy(), shifted.numpy()):  # slow reference: try every offset
+        pad = [(0, 0)] * (clip.ndim - 2) + [(2, 2), (2, 2)]
+        padded = np.pad(clip, pad, mode="edge")
+        matches = [(y, x) for y in range(5) for x in range(5) if np.array_equal(padded[..., y:y + 8, x:x + 8], out)]
+        assert matches, "no single offset of the padded clip gives the shifted clip"
+        offsets.add(matches[0])
+    assert len(offsets) > 1  # clips get different offsets
+    assert torch.equal(random_shift(clips, 0, generator), clips)

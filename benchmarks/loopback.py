@@ -10,7 +10,8 @@ and the token). On exit it kills, by pid, every process this script started: the
 itself the child subreaper (``prctl(PR_SET_CHILD_SUBREAPER)``, Linux), so the daemons ``ray start``
 leaves behind stay its descendants, and only those are signalled (never ``ray stop``).
 
-``OthersLoad`` samples ``/proc``: the cores busy with processes that are not this script's
+``remote_call_seconds(env)`` times, from a driver on the head, a call to an actor on another
+node against one on the head. ``OthersLoad`` samples ``/proc``: the cores busy with processes that are not this script's
 descendants (the machine's other users), averaged over a time window.
 """
 
@@ -99,6 +100,47 @@ def loopback_cluster(addresses: list[str], num_cpus: int, resources: dict[str, f
             raise RuntimeError(f"loopback_cluster teardown: still alive after kill: {survivors}")
 
 
+REMOTE_CALL = """
+import json, statistics, time
+import numpy as np, ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+@ray.remote(num_cpus=0)
+class Echo:
+    def echo(self, payload):
+        return payload
+
+ray.init()
+head = ray.get_runtime_context().get_node_id()
+other = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != head)
+payload = np.zeros(NBYTES, dtype=np.uint8)
+medians = []
+for node in (head, other):
+    actor = Echo.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+    ray.get(actor.echo.remote(payload))
+    times = []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        ray.get(actor.echo.remote(payload))
+        times.append(time.perf_counter() - start)
+    medians.append(statistics.median(times))
+print("REMOTE " + json.dumps(medians))
+"""
+
+
+def remote_call_seconds(env: dict[str, str], nbytes: int = 200_000, repeats: int = 30) -> tuple[float, float]:
+    """``(same node, other node)``: median seconds of a Ray actor call that sends ``nbytes`` and
+    gets them back, from a driver on the head (joining through ``env``) to an actor on the head
+    and to one on another node. Raises RuntimeError when the driver fails."""
+    script = REMOTE_CALL.replace("NBYTES", str(nbytes)).replace("REPEATS", str(repeats))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("REMOTE ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"remote_call_seconds: driver exited with {done.returncode}:\n{done.stderr[-3000:]}")
+    same, other = json.loads(lines[-1][len("REMOTE "):])
+    return same, other
+
+
 def _cpu_ticks(pid: int) -> int:
     """utime + stime of ``pid`` in clock ticks (0 if it is gone)."""
     try:
@@ -144,6 +186,18 @@ class OthersLoad:
             mine = sum(ticks - last_ours.get(pid, 0) for pid, ticks in ours.items())
             self.samples.append((now, max(0.0, (busy - last_busy - mine) / hz / (now - last_time))))
             last_time, last_busy, last_ours = now, busy, ours
+
+    def wait_quiet(self, below: float, for_s: float, timeout_s: float) -> float:
+        """Wait until others kept fewer than ``below`` cores busy on average over the last
+        ``for_s`` seconds, at most ``timeout_s``; returns the seconds waited."""
+        start = time.time()
+        while time.time() - start < timeout_s:
+            time.sleep(self.period_s)
+            now = time.time()
+            recent = [cores for t, cores in self.samples if t >= now - for_s]
+            if now - start >= for_s and recent and sum(recent) / len(recent) < below:
+                break
+        return time.time() - start
 
     def cores(self, start: float, end: float) -> float:
         """Mean cores busy with others between ``start`` and ``end`` (epoch seconds), the window

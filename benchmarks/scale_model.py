@@ -33,7 +33,7 @@ from pathlib import Path
 
 import common
 import step_model
-from loopback import OthersLoad, adopt_orphans, loopback_cluster
+from loopback import OthersLoad, adopt_orphans, loopback_cluster, remote_call_seconds
 from ray_overhead import PPO
 from rundir import prepared_run
 from step_model import Layout, Rates, contention, fit_phase, predict
@@ -105,6 +105,37 @@ def allreduce_rate(nbytes: int, repeats: int = 20) -> tuple[float, float]:
     return small, max(0.0, (large - small) / (nbytes - 4))
 
 
+PARALLEL_WORK = """
+import sys, time, torch
+torch.set_num_threads(1)
+a = torch.randn(96, 96)
+while time.time() < float(sys.argv[1]):
+    time.sleep(0.001)
+start = time.perf_counter()
+for _ in range(int(sys.argv[2])):
+    a = torch.tanh(a @ a)
+print(time.perf_counter() - start)
+"""
+
+
+def parallel_cores(iterations: int = 20000) -> float:
+    """How many single processes' worth of throughput two processes get on this machine at once:
+    ``2 * t1 / t2`` for a one-thread torch loop (``t1`` alone, ``t2`` the slower of two started
+    together; medians of 3 alternating rounds). 2.0 for two independent cores; less when the virtual CPUs share a physical core,
+    its caches or memory bandwidth."""
+    import subprocess
+    import sys
+
+    def timed(processes: int) -> float:
+        go = time.time() + 4.0  # after every process has imported torch
+        procs = [subprocess.Popen([sys.executable, "-c", PARALLEL_WORK, str(go), str(iterations)],
+                                  stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+        return max(float(proc.communicate(timeout=300)[0].split()[-1]) for proc in procs)
+
+    times = common.alternating({"one": lambda: timed(1), "two": lambda: timed(2)}, rounds=3, warmup=0)
+    return 2 * statistics.median(times["one"]) / statistics.median(times["two"])
+
+
 def model_sizes(policy: str) -> tuple[int, int]:
     """``(grad_bytes, weight_bytes)``: the trainable parameters of the learner's policy (vision
     tower frozen) and the whole policy, as float32 bytes."""
@@ -115,27 +146,31 @@ def model_sizes(policy: str) -> tuple[int, int]:
             sum(4 * p.numel() for p in model.parameters()))
 
 
-def calibrate(runs: list[list[dict[str, float]]], samples: list[int], cores: int,
-              comm: tuple[float, float], sizes: tuple[int, int]) -> Rates:
+def calibrate(runs: list[list[dict[str, float]]], samples: list[int], machine_cores: tuple[int, float],
+              comm: tuple[float, float], sizes: tuple[int, int], remote_call_s: float) -> Rates:
     """The rates from one-node runs of 1 worker, 1 rank and 1 replica (``runs[i]``'s steps at
     ``samples[i]`` samples): each step's phase seconds taken back to one uncontended core with
-    the cores others left free during it, then a line through them per phase (``fit_phase``)."""
+    the cores others left free during it (:func:`free_cores`), then a line through them per phase
+    (``fit_phase``)."""
     items, seconds, slowdowns = [], {p: [] for p in step_model.PHASES}, []
     for steps, n in zip(runs, samples):
         for step in steps:
             items.append(float(n))
-            slowdowns.append(contention(1, Layout(1, 1, 1, 1, free_cores(cores, step["others"]))))
+            slowdowns.append(contention(1, Layout(1, 1, 1, 1, free_cores(machine_cores, step["others"]))))
             for phase in step_model.PHASES:
                 seconds[phase].append(step[phase])
     fits = {p: fit_phase([0.0] * len(items) if p == "sync" else items, seconds[p], slowdowns)
             for p in step_model.PHASES}
     return Rates(fits, allreduce_latency_s=comm[0], allreduce_s_per_byte=comm[1], collectives=ZERO_COLLECTIVES,
-                 grad_bytes=sizes[0], weight_bytes=sizes[1], remote_s_per_byte=comm[1])
+                 grad_bytes=sizes[0], weight_bytes=sizes[1], remote_s_per_byte=comm[1], remote_call_s=remote_call_s)
 
 
-def free_cores(cores: int, others: float) -> float:
-    """The cores other users leave free (at least a twentieth of one: a process always gets some)."""
-    return max(cores - others, 0.05)
+def free_cores(machine_cores: tuple[int, float], others: float) -> float:
+    """The cores other users leave free, in single processes' worth: ``machine_cores`` is (the
+    CPU count, :func:`parallel_cores`), scaled by the share others leave (at least a twentieth
+    of a core: a process always gets some)."""
+    cores, effective = machine_cores
+    return max(effective * (cores - others) / cores, 0.05)
 
 
 def mean(steps: list[dict[str, float]], key: str) -> float:
@@ -166,6 +201,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--nodes", type=int, nargs="*", default=[1, 2, 4, 8, 16], help="cluster sizes to extrapolate")
     parser.add_argument("--root", default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--quiet-below", type=float, default=0.3,
+                        help="before each run, wait until other users keep fewer cores than this busy (5 s mean)")
+    parser.add_argument("--quiet-wait", type=float, default=120.0, help="at most this many seconds per wait")
     parser.add_argument("--quick", action="store_true", help="3 steps of 8 x 2 samples, 4 new tokens")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -182,31 +220,43 @@ def main() -> None:
         cfg = prepared_run(args.run_dir, Path(tmp) / "run", args.config)
         sft = str((Path(cfg.run_dir) / "sft" / "policy").resolve())
         sizes = model_sizes(sft)
+
+        def quiet() -> None:
+            load.wait_quiet(args.quiet_below, 5.0, args.quiet_wait)
+
+        quiet()
+        machine_cores = (cores, parallel_cores())
         comm = allreduce_rate(sizes[0])
         scratch = iter(Path(tmp) / f"scratch{i}" for i in range(10_000))
         for _ in range(args.rounds):
+            quiet()
             large = measured_run(args, Path(cfg.run_dir), next(scratch), load, args.prompts, one)
+            quiet()
             small = measured_run(args, Path(cfg.run_dir), next(scratch), load, args.prompts // 2, one)
             with loopback_cluster(ADDRESSES, num_cpus=3, resources={"rollout": 1, "learner": 1}) as env, \
                     environment(env):
+                same, other = remote_call_seconds(env)
+                quiet()
                 check = measured_run(args, Path(cfg.run_dir), next(scratch), load, args.prompts, two)
-            rates = calibrate([large, small], [n_large, n_small], cores, comm, sizes)
+            rates = calibrate([large, small], [n_large, n_small], machine_cores, comm, sizes, other - same)
             predicted = [predict(rates, Layout(2, 2, 1, len(ADDRESSES),
-                                               free_cores(cores, step["others"]) / len(ADDRESSES)), n_large)
+                                               free_cores(machine_cores, step["others"]) / len(ADDRESSES)), n_large)
                          for step in check]
             rounds.append({"rates": rates, "predicted": predicted, "check": check, "one": large,
                            "ratio": mean(check, "step") / mean(predicted, "step")})
-    report(args, sorted(rounds, key=lambda r: r["ratio"])[len(rounds) // 2], [r["ratio"] for r in rounds], cores,
-           n_large, comm, sizes)
+    report(args, sorted(rounds, key=lambda r: r["ratio"])[len(rounds) // 2], [r["ratio"] for r in rounds],
+           machine_cores, n_large, comm, sizes)
 
 
-def report(args: argparse.Namespace, chosen: dict, ratios: list[float], cores: int, samples: int,
-           comm: tuple[float, float], sizes: tuple[int, int]) -> None:
+def report(args: argparse.Namespace, chosen: dict, ratios: list[float], machine_cores: tuple[int, float],
+           samples: int, comm: tuple[float, float], sizes: tuple[int, int]) -> None:
     """Print the table: the one-node calibration, the loopback check (predicted vs measured), and
-    the model's step time for clusters of ``args.nodes`` nodes of ``cores`` cores."""
+    the model's step time for clusters of ``args.nodes`` nodes of this machine's cores."""
+    cores, effective = machine_cores
     rates, predicted, check, one = chosen["rates"], chosen["predicted"], chosen["check"], chosen["one"]
     phases = list(step_model.PHASES)
-    free = {name: f"{cores - mean(steps, 'others'):.2f}" for name, steps in (("one", one), ("check", check))}
+    free = {name: f"{statistics.fmean(free_cores(machine_cores, s['others']) for s in steps):.2f}"
+            for name, steps in (("one", one), ("check", check))}
     rows = [["1 node (calibration), measured", 1, 1, 1, 1, free["one"], "", mean(one, "step"), "",
              *(mean(one, p) for p in phases)],
             ["2 loopback nodes, predicted", 2, 2, 2, 1, free["check"], mean(predicted, "step"), "", "",
@@ -214,8 +264,8 @@ def report(args: argparse.Namespace, chosen: dict, ratios: list[float], cores: i
             ["2 loopback nodes, measured", 2, 2, 2, 1, free["check"], mean(predicted, "step"), mean(check, "step"),
              chosen["ratio"], *(mean(check, p) for p in phases)]]
     for nodes in args.nodes:
-        p = predict(rates, Layout(nodes, nodes, 1, nodes, cores), samples)
-        rows.append([f"{nodes} nodes x {cores} cores, model", nodes, nodes, nodes, 1, str(cores), p["step"], "", "",
+        p = predict(rates, Layout(nodes, nodes, 1, nodes, effective), samples)
+        rows.append([f"{nodes} nodes x {cores} cores, model", nodes, nodes, nodes, 1, f"{effective:.2f}", p["step"], "", "",
                      *(p[q] for q in phases)])
     ratio = statistics.median(ratios)
     verdict = "met" if abs(ratio - 1) <= GATE else "missed"
@@ -230,8 +280,10 @@ def report(args: argparse.Namespace, chosen: dict, ratios: list[float], cores: i
              + ", ".join(f"{r:.2f}" for r in ratios) + f"); gate within {GATE:.0%}: {verdict}.",
              f"rates (per process, uncontended core): {fits}; gloo all-reduce {comm[0] * 1e3:.2f} ms + "
              f"{comm[1] * 1e9:.2f} ns/byte, {sizes[0] / 1e6:.2f} MB of gradients x {ZERO_COLLECTIVES} collectives, "
-             f"{sizes[1] / 1e6:.2f} MB of weights.",
-             "free cores: this machine's cores minus other users' load measured from /proc during the steps; two "
+             f"{sizes[1] / 1e6:.2f} MB of weights; a Ray call across the loopback nodes "
+             f"{rates.remote_call_s * 1e3:.1f} ms more than on one node.",
+             f"free cores: two processes here get {effective:.2f} single processes' worth of throughput (of {cores} "
+             "CPUs), scaled by the share other users' load (from /proc, during each step) leaves; two "
              "loopback nodes share them (modelled as 2 nodes of half of them each); phase time = (fixed + per item x "
              "items per process) x max(1, processes per node / free cores per node).",
              "cluster rows: the calibrated rates on N nodes of this machine's cores with nothing else running, one "

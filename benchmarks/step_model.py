@@ -23,7 +23,9 @@ cores_per_node)`` the CPU they share (the actors spread evenly over the nodes). 
 ``update`` pays, when ``R > 1``, ``collectives`` calls of ``allreduce_latency_s`` plus the ring
 all-reduce volume ``2 (R - 1) / R * grad_bytes`` at ``allreduce_s_per_byte``; ``sync`` pays, when
 rollout workers sit on more than one node, ``weight_bytes`` copied to the others (in parallel)
-at ``remote_s_per_byte``.
+at ``remote_s_per_byte``; and on more than one node every phase pays one Ray call across nodes,
+``remote_call_s`` more than a call on its own node (the prompts, the Serve call, the rollout
+parts, the batch shards, the update's results and the weights each cross once).
 
 On a 2-core machine every process shares the same 2 cores, so two Ray nodes started there on
 loopback addresses are modelled as 2 nodes of ``cores / 2`` cores each, and ``cores`` is what
@@ -61,7 +63,8 @@ class Rates:
     rank, compute only; ``sync``: fixed). ``allreduce_latency_s`` and ``allreduce_s_per_byte``: a
     gloo all-reduce between two processes (``t = latency + bytes * s_per_byte``); ``collectives``:
     all-reduce-sized calls per ZeRO update; ``grad_bytes`` and ``weight_bytes``: trainable gradient
-    and published weight sizes; ``remote_s_per_byte``: copying weights to another node.
+    and published weight sizes; ``remote_s_per_byte``: copying weights to another node;
+    ``remote_call_s``: what a Ray call to an actor on another node costs beyond one on its own.
     """
 
     phases: dict[str, PhaseRate]
@@ -71,6 +74,7 @@ class Rates:
     grad_bytes: float
     weight_bytes: float
     remote_s_per_byte: float
+    remote_call_s: float = 0.0
 
     def __post_init__(self) -> None:
         if set(self.phases) != set(PHASES):
@@ -127,6 +131,8 @@ def predict(rates: Rates, layout: Layout, samples: int) -> dict[str, float]:
                           + 2 * (r - 1) / r * rates.grad_bytes * rates.allreduce_s_per_byte)
     if min(layout.workers, layout.nodes) > 1:
         out["sync"] += rates.weight_bytes * rates.remote_s_per_byte
+    if layout.nodes > 1:
+        out = {phase: seconds + rates.remote_call_s for phase, seconds in out.items()}
     return out | {"step": sum(out[p] for p in PHASES)}
 
 

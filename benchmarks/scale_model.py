@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import statistics
 import tempfile
@@ -242,7 +243,7 @@ def main() -> None:
             predicted = [predict(rates, Layout(2, 2, 1, len(ADDRESSES),
                                                free_cores(machine_cores, step["others"]) / len(ADDRESSES)), n_large)
                          for step in check]
-            rounds.append({"rates": rates, "predicted": predicted, "check": check, "one": large,
+            rounds.append({"rates": rates, "predicted": predicted, "check": check, "one": large, "half": small,
                            "ratio": mean(check, "step") / mean(predicted, "step")})
     report(args, sorted(rounds, key=lambda r: r["ratio"])[len(rounds) // 2], [r["ratio"] for r in rounds],
            machine_cores, n_large, comm, sizes)
@@ -292,6 +293,11 @@ def report(args: argparse.Namespace, chosen: dict, ratios: list[float], machine_
                   ["layout", "nodes", "rollout workers", "learner ranks", "reward replicas", "free cores",
                    "predicted step s", "measured step s", "measured / predicted",
                    *(f"{p} s" for p in phases)], rows, notes, args.json)
+    if args.json:  # every step's figures too, so the model can be checked again without re-running
+        report_json = json.loads(Path(args.json).read_text())
+        report_json["steps"] = {"calibration": one, "calibration at half": chosen["half"], "check": check,
+                                "predicted": predicted}
+        Path(args.json).write_text(json.dumps(report_json, indent=1))
 
 
 if __name__ == "__main__":

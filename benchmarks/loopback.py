@@ -187,17 +187,17 @@ class OthersLoad:
             self.samples.append((now, max(0.0, (busy - last_busy - mine) / hz / (now - last_time))))
             last_time, last_busy, last_ours = now, busy, ours
 
-    def wait_quiet(self, below: float, for_s: float, timeout_s: float) -> float:
+    def wait_quiet(self, below: float, for_s: float, timeout_s: float) -> bool:
         """Wait until others kept fewer than ``below`` cores busy on average over the last
-        ``for_s`` seconds, at most ``timeout_s``; returns the seconds waited."""
+        ``for_s`` seconds, at most ``timeout_s``; whether they did."""
         start = time.time()
         while time.time() - start < timeout_s:
             time.sleep(self.period_s)
             now = time.time()
             recent = [cores for t, cores in self.samples if t >= now - for_s]
             if now - start >= for_s and recent and sum(recent) / len(recent) < below:
-                break
-        return time.time() - start
+                return True
+        return False
 
     def cores(self, start: float, end: float) -> float:
         """Mean cores busy with others between ``start`` and ``end`` (epoch seconds), the window

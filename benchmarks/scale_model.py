@@ -15,7 +15,11 @@
 
 The machine is shared: other users' CPU load is sampled from ``/proc`` during each run's steps
 (``loopback.OthersLoad``) and the model is given the cores they leave free, in the calibration
-(to turn measured seconds into seconds per uncontended core) and in the check.
+(to turn measured seconds into seconds per uncontended core) and in the check. Each run (and the
+throughput measurement) first waits until others keep fewer than ``--quiet-below`` cores busy,
+and the script stops with an error when that takes over ``--quiet-wait`` seconds: starved of CPU
+by other users' processes, every Ray call waits for a time slice and the fixed costs grow far
+beyond the CPU share, which the model does not describe.
 
     python benchmarks/scale_model.py [--run-dir runs/digits] [--rounds 1] [--json out.json]
     python benchmarks/scale_model.py --quick       # tiny run built here, 3 small steps: a smoke test
@@ -204,7 +208,8 @@ def main() -> None:
     parser.add_argument("--root", default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--quiet-below", type=float, default=0.3,
                         help="before each run, wait until other users keep fewer cores than this busy (5 s mean)")
-    parser.add_argument("--quiet-wait", type=float, default=120.0, help="at most this many seconds per wait")
+    parser.add_argument("--quiet-wait", type=float, default=600.0,
+                        help="at most this many seconds per wait, then stop with an error")
     parser.add_argument("--quick", action="store_true", help="3 steps of 8 x 2 samples, 4 new tokens")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -223,7 +228,9 @@ def main() -> None:
         sizes = model_sizes(sft)
 
         def quiet() -> None:
-            load.wait_quiet(args.quiet_below, 5.0, args.quiet_wait)
+            if not load.wait_quiet(args.quiet_below, 5.0, args.quiet_wait):
+                raise RuntimeError(f"other users kept {args.quiet_below} cores or more busy for {args.quiet_wait:.0f} s: "
+                                   "not measuring on a machine this busy (--quiet-below, --quiet-wait)")
 
         quiet()
         machine_cores = (cores, parallel_cores())

@@ -36,6 +36,7 @@ SCRIPTS = {  # script: its arguments beyond --json
     "rollout_scaling.py": ["--run-dir", RUN, "--rounds", "5"],
     "reward_serving.py": ["--rounds", "3"],
     "weight_sync.py": ["--rounds", "5"],
+    "scale_model.py": ["--run-dir", RUN],
 }
 
 

@@ -185,3 +185,17 @@ def test_wrapper_stacks_each_sub_envs_last_frames_and_restarts_the_stack_after_a
             np.testing.assert_array_equal(stacks[i], np.stack([expected_oldest, frames[i]]))
             restarts += int(done[i])
     assert restarts >= 2
+
+
+def test_hidden_action_leaves_the_torque_arrow_out_of_the_scored_frames_only():
+    ensemble = FrameRewardEnsemble(members=1, size=SIZE, seed=0)
+    vector = SyncVectorEnv([lambda: gym.make("Pendulum-v1", render_mode="rgb_array")])
+    env = LearnedRewardVectorEnv(vector, lambda f: (ensemble.rewards(f), np.zeros(len(f), np.int64)),
+                                 frame_size=SIZE, frames_in_infos=True, hide_action="last_u")
+    env.reset(seed=0)
+    _, _, _, _, infos = env.step(np.array([[2.0]], np.float32))  # full torque: the env would draw its arrow
+    pendulum = vector.envs[0].unwrapped
+    assert pendulum.last_u is None
+    np.testing.assert_array_equal(infos["frame"][0], downsample(vector.render()[0], SIZE))
+    pendulum.last_u = 2.0
+    assert not np.array_equal(infos["frame"][0], downsample(vector.render()[0], SIZE))  # the arrow shows

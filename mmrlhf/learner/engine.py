@@ -52,6 +52,26 @@ def backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
+def init_distributed() -> None:
+    """`deepspeed.init_distributed` with :func:`backend`, reading the rendezvous from the env:// variables.
+
+    On the CPU it first turns off DeepSpeed's shared-memory all-reduce op (`ShareMemCommBuilder`,
+    "deepspeed_shm_comm"), which DeepSpeed's `TorchBackend` otherwise compiles with ninja when it
+    starts (`deepspeed/comm/torch.py: build_shm_op`). That op serves only `inference_all_reduce`
+    (tensor-parallel inference); training's collectives are `torch.distributed` over gloo either
+    way, and `inference_all_reduce` falls back to them. Its JIT build took 40-50 s of both cores on
+    a 2-core machine, on the first run of each environment and again whenever another environment
+    had rebuilt it in the shared torch-extensions cache. The op is marked incompatible in
+    `deepspeed.ops.__compatible_ops__`, the one dict DeepSpeed keeps for it (so `build_shm_op`
+    returns None). Raises what `torch.distributed` raises on a failed rendezvous.
+    """
+    from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder
+
+    if backend() == "gloo":
+        deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
+    deepspeed.init_distributed(dist_backend=backend())
+
+
 def deepspeed_config(
     zero_stage: int,
     micro_batch_size: int,

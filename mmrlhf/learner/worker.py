@@ -16,7 +16,6 @@ import socket
 from pathlib import Path
 from typing import Any, Callable
 
-import deepspeed
 import ray
 import torch
 from safetensors.torch import save_file
@@ -24,10 +23,10 @@ from torch import Tensor, nn
 
 from mmrlhf.checkpoint import WEIGHTS_FILE
 from mmrlhf.learner.engine import (
-    backend,
     decode_rng,
     encode_rng,
     gather_full_state_dict,
+    init_distributed,
     init_engine,
     load_engine_checkpoint,
     save_engine_checkpoint,
@@ -120,7 +119,7 @@ class LearnerWorker:
             LOCAL_RANK="0",
             WORLD_SIZE=str(world_size),
         )
-        deepspeed.init_distributed(dist_backend=backend())
+        init_distributed()
         self.rank = rank
         self.world_size = world_size
         torch.manual_seed(seed)

@@ -172,6 +172,20 @@ def test_call_runs_a_function_on_every_rank_shard_under_zero3(zero3_group):
     torch.testing.assert_close(torch.cat(per_rank), model(batch["x"]).detach())
 
 
+def inference_comm_op_state(engine, batch: dict[str, Tensor]) -> list[bool]:
+    """[DeepSpeed's shm op built, its inference all-reduce registered] on this rank."""
+    import deepspeed.comm.comm as ds_comm
+    import torch._ops as torch_ops  # not through the module's `torch`: cloudpickle can't ship `torch.ops`
+
+    return [ds_comm.cdb.shm_comm_op is not None, hasattr(torch_ops.ops.deepspeed, "inference_all_reduce_")]
+
+
+def test_ranks_do_not_build_deepspeeds_cpu_inference_all_reduce_op(zero3_group):
+    # Building it (a ninja JIT compile) cost 40-50 s of start-up on this machine; training never uses it.
+    per_rank = zero3_group.run("call", make_batch(seed=4), fn=inference_comm_op_state)
+    assert per_rank == [[False, False]] * 2
+
+
 def failing_on_nan_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
     if torch.isnan(batch["x"]).any():
         raise ValueError("shard holds NaN inputs")

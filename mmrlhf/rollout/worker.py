@@ -181,9 +181,11 @@ class RolloutWorker:
             self.load_weights(weights[0], ray.get(weights[1][0]))
         start = time.perf_counter()
         rows = [r for r in records for _ in range(samples_per_prompt)]
-        decoded = [decode_media(r["image"], r.get("video"), r["id"], self.media) for r in records]  # once a record
+        decoded = [decode_media(r["image"], r.get("video"), r["id"], self.media) for r in records]
         images = [media for media in decoded for _ in range(samples_per_prompt)]
-        batch = encode_prompts(self.processor, images, [r["prompt"] for r in rows])
+        # each record decoded and encoded once, its rows repeated: the same left-padded batch as encoding every row
+        batch = encode_prompts(self.processor, decoded, [r["prompt"] for r in records]).rows(
+            torch.arange(len(records)).repeat_interleave(samples_per_prompt))
         check_positions_fit(self.model, batch, self.max_new_tokens, [r["id"] for r in rows], "rl.max_new_tokens")
         generator = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + step)
         out = generate(self.model, self.processor, batch.to(self.device), self.max_new_tokens,

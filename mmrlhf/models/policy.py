@@ -233,23 +233,55 @@ class Generation:
     texts: list[str]  # B decoded responses, special tokens stripped
 
 
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _row_keys(values: torch.Tensor, blocks: int = 16) -> torch.Tensor:
+    """(B, blocks + 1) int64 keys of the rows of ``values`` (B, ...): each row's elements read as
+    integers of their width (their bits, not their values), cut into ``blocks`` equal runs and a
+    remainder, each run summed.
+
+    Integer sums are exact (they wrap modulo 2**64 in any order), so equal rows always get equal
+    keys; unequal rows can share keys (the same bits moved within a run), which
+    :func:`prompt_groups` checks.
+    """
+    flat = values.reshape(len(values), -1).contiguous()
+    bits = flat.view(_INT_OF_SIZE[flat.element_size()])  # (B, N)
+    run = bits.shape[1] // blocks  # elements per run; the last N % blocks are the remainder
+    cut = run * blocks
+    runs = bits[:, :cut].reshape(len(bits), blocks, run).sum(dim=2, dtype=torch.int64)  # (B, blocks)
+    return torch.cat([runs, bits[:, cut:].sum(dim=1, dtype=torch.int64, keepdim=True)], dim=1)
+
+
+def _first_rows(inverse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Groups numbered ``inverse`` (B,) -> (first (G,): each group's smallest row, ascending;
+    inverse (B,): each row's index into ``first``)."""
+    order = torch.arange(len(inverse), device=inverse.device)
+    first = torch.full((int(inverse.max()) + 1,), len(inverse), device=inverse.device)
+    first = first.scatter_reduce(0, inverse, order, reduce="amin")  # (G,): smallest row of each group
+    rank = torch.empty_like(first)
+    rank[first.argsort()] = torch.arange(len(first), device=first.device)
+    return first.sort().values, rank[inverse]
+
+
 def prompt_groups(batch: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """The distinct prompts of ``batch`` (rows with equal tokens, mask and image tensors are one
     prompt, as the samples of one prompt in a rollout are).
 
     Returns (first (G,) int64: one row of each distinct prompt, ascending; inverse (B,) int64:
-    each row's index into ``first``). Exact equality, no hashing: two images that differ in one
-    pixel are two prompts.
+    each row's index into ``first``). Exact equality: two images that differ in one pixel are two
+    prompts. Rows are grouped by their tokens and exact integer keys of their image tensors
+    (:func:`_row_keys`), then each row is compared element by element with its group's first row;
+    only if keys collide (or a tensor holds NaN) does it fall back to sorting the full rows.
     """
+    keys = torch.cat([batch.input_ids, batch.attention_mask, *(_row_keys(v) for v in batch.vision.values())], dim=1)
+    first, inverse = _first_rows(torch.unique(keys, dim=0, return_inverse=True)[1])
+    owner = first[inverse]  # (B,): the first row of each row's group
+    if all(bool((v == v[owner]).reshape(len(v), -1).all()) for v in batch.vision.values()):
+        return first, inverse
     rows = torch.cat([batch.input_ids.double(), batch.attention_mask.double(),
                       *(v.reshape(len(v), -1).double() for v in batch.vision.values())], dim=1)  # exact in float64
-    _, inverse = torch.unique(rows, dim=0, return_inverse=True)
-    order = torch.arange(len(inverse), device=inverse.device)
-    first = torch.full((int(inverse.max()) + 1,), len(inverse), device=inverse.device)
-    first = first.scatter_reduce(0, inverse, order, reduce="amin")  # (G,): smallest row of each prompt
-    rank = torch.empty_like(first)
-    rank[first.argsort()] = torch.arange(len(first), device=first.device)
-    return first.sort().values, rank[inverse]
+    return _first_rows(torch.unique(rows, dim=0, return_inverse=True)[1])
 
 
 def prefill(model, batch: PromptBatch):

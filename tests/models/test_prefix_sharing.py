@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmrlhf.models import build_policy_preset, encode_prompts, generate, load_policy, response_distribution
-from mmrlhf.models.policy import PromptBatch, prompt_groups
+from mmrlhf.models.policy import PromptBatch, _row_keys, prompt_groups
 
 PROMPTS = ["What number is written?", "What number is written in the image? Read the digits."]
 
@@ -82,3 +82,43 @@ def test_generation_logprobs_with_shared_prompts_match_teacher_forcing(tiny):
     logp, _ = response_distribution(model, batch, out.response_ids, out.response_mask)
     learner = logp.gather(-1, out.response_ids[..., None]).squeeze(-1) * out.response_mask
     torch.testing.assert_close(out.logprobs, learner, atol=1e-5, rtol=1e-5)
+
+
+def _reference_groups(batch):
+    """Slow, obvious: each row joins the first earlier row equal to it in every tensor."""
+    tensors = [batch.input_ids, batch.attention_mask, *batch.vision.values()]
+    first, inverse = [], []
+    for row in range(len(batch.input_ids)):
+        match = next((g for g, f in enumerate(first) if all(torch.equal(t[row], t[f]) for t in tensors)), None)
+        if match is None:
+            first.append(row)
+            match = len(first) - 1
+        inverse.append(match)
+    return first, inverse
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64, torch.bool])
+def test_prompt_groups_match_a_row_by_row_reference_on_random_batches(dtype):
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(20):
+        distinct = int(torch.randint(1, 6, (1,), generator=gen))
+        ids = torch.randint(0, 3, (distinct, 4), generator=gen)  # few token values: equal texts happen
+        pixels = torch.randint(0, 2, (distinct, 3, 5, 7), generator=gen).to(dtype)  # 105 elements: a remainder
+        grid = torch.randint(0, 2, (distinct, 3), generator=gen)
+        rows = torch.randint(0, distinct, (12,), generator=gen)  # repeats in any order
+        batch = PromptBatch(ids[rows], torch.ones_like(ids[rows]), {"pixel_values": pixels[rows], "grid": grid[rows]})
+        first, inverse = prompt_groups(batch)
+        assert (first.tolist(), inverse.tolist()) == _reference_groups(batch), f"trial {trial}"
+
+
+def test_prompt_groups_keep_apart_images_whose_keys_collide():
+    # Bits 1,0,0,1 and 0,1,1,0 within one run sum alike: the keys collide, the element check parts them.
+    bits = torch.zeros(2, 32, dtype=torch.int32)
+    bits[0, [0, 3]] = 1
+    bits[1, [1, 2]] = 1
+    ids = torch.ones(3, 2, dtype=torch.int64)
+    keys = _row_keys(bits.view(torch.float32))
+    assert torch.equal(keys[0], keys[1])
+    batch = PromptBatch(ids, ids, {"pixel_values": bits.view(torch.float32)[[0, 1, 0]]})
+    first, inverse = prompt_groups(batch)
+    assert first.tolist() == [0, 1] and inverse.tolist() == [0, 1, 0]

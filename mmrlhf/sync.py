@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol, Sequence
 
@@ -36,6 +35,8 @@ import ray
 import torch
 from ray import ObjectRef
 from torch import Tensor, nn
+
+from mmrlhf.types import tensor_bytes, tensor_from_bytes
 
 
 class WeightTransport(Protocol):
@@ -129,13 +130,8 @@ class SharedStateDict(Mapping[str, Tensor]):
     """
 
     def __init__(self, entries: dict[str, tuple[str, tuple[int, ...], np.ndarray]]) -> None:
-        self._entries = entries  # name -> (torch dtype name, shape, uint8 bytes (nbytes,))
-        with warnings.catch_warnings():
-            # Arrays mapped from the object store are flagged read-only; torch warns that it
-            # cannot flag tensors so. Read-only is this class's contract (see the docstring).
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            self._tensors = {name: torch.from_numpy(raw).view(getattr(torch, dtype)).reshape(shape)
-                             for name, (dtype, shape, raw) in entries.items()}
+        self._entries = entries  # name -> (torch dtype name, shape, uint8 bytes (nbytes,)): tensor_bytes
+        self._tensors = {name: tensor_from_bytes(*entry) for name, entry in entries.items()}  # read-only views
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, Tensor]) -> "SharedStateDict":
@@ -143,15 +139,15 @@ class SharedStateDict(Mapping[str, Tensor]):
 
         CPU contiguous tensors are not copied: the result aliases them until it is serialised.
         """
-        arrays: dict[tuple, np.ndarray] = {}  # one array per distinct storage view, so pickle stores tied weights once
-        entries = {}
+        entries: dict[tuple, tuple] = {}  # one entry per distinct storage view, so pickle stores tied weights once
+        by_name = {}
         for name, tensor in state_dict.items():
             tensor = tensor.detach().cpu().contiguous()
             key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
-            if key not in arrays:
-                arrays[key] = tensor.reshape(-1).view(torch.uint8).numpy()
-            entries[name] = (str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), arrays[key])
-        return cls(entries)
+            if key not in entries:
+                entries[key] = tensor_bytes(tensor)
+            by_name[name] = entries[key]
+        return cls(by_name)
 
     def __reduce__(self):
         return SharedStateDict, (self._entries,)

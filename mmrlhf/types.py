@@ -10,8 +10,9 @@ checks it).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, fields
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -55,6 +56,74 @@ def vision_of(batch: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k[len(VISION_PREFIX):]: v for k, v in batch.items() if k.startswith(VISION_PREFIX)}
 
 
+def tensor_bytes(tensor: Tensor) -> tuple[str, tuple[int, ...], np.ndarray]:
+    """(torch dtype name, shape, raw bytes as a 1-D uint8 numpy array) of ``tensor``, moved to the
+    CPU and made contiguous only where it isn't (then the bytes alias it).
+
+    Ray pickles numpy arrays out of band (pickle protocol 5): one copy into the object store, and
+    a reader maps them back without a copy (Ray docs, "Serialization"), where a tensor's own
+    pickling goes through ``torch.save`` bytes, copied on both sides. Any dtype travels, bfloat16
+    included, since only the bytes do.
+    """
+    tensor = tensor.detach().cpu().contiguous()
+    return str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), tensor.reshape(-1).view(torch.uint8).numpy()
+
+
+def tensor_from_bytes(dtype: str, shape: tuple[int, ...], raw: np.ndarray) -> Tensor:
+    """The tensor of :func:`tensor_bytes`' triple, a view of ``raw`` (no copy). ``raw`` read from
+    the object store is read-only shared memory: clone the result to write to it."""
+    with warnings.catch_warnings():
+        # Arrays mapped from the object store are flagged read-only; torch warns that it cannot flag tensors so.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(raw).view(getattr(torch, dtype)).reshape(shape)
+
+
+class _Packed(NamedTuple):
+    """A tensor in a pickled :class:`Rollout`: :func:`tensor_bytes`' triple."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    raw: np.ndarray
+
+
+def _pack(value):
+    """Tensors (also inside dicts) as :class:`_Packed`, anything else as it is."""
+    if isinstance(value, Tensor):
+        return _Packed(*tensor_bytes(value))
+    if isinstance(value, dict):
+        return {k: _pack(v) for k, v in value.items()}
+    return value
+
+
+def _unpack(value):
+    """:func:`_pack` undone; each tensor a copy that owns its memory (not the object store's)."""
+    if isinstance(value, _Packed):
+        return tensor_from_bytes(*value).clone()
+    if isinstance(value, dict):
+        return {k: _unpack(v) for k, v in value.items()}
+    return value
+
+
+def _shared_image_rows(prompt_ids: list[str], vision: dict[str, Tensor]) -> tuple[Tensor, Tensor] | None:
+    """(first (G,): the first row of each prompt id, inverse (B,): each row's index into it) when
+    every ``vision`` tensor is equal, element for element, across the rows of each prompt id (a
+    rollout's samples of one prompt); None when some are not (or hold NaN)."""
+    groups: dict[str, int] = {}
+    inverse = torch.tensor([groups.setdefault(i, len(groups)) for i in prompt_ids], dtype=torch.int64)
+    first = torch.full((len(groups),), len(prompt_ids), dtype=torch.int64).scatter_reduce(
+        0, inverse, torch.arange(len(prompt_ids)), reduce="amin")
+    owner = first[inverse]
+    return (first, inverse) if all(bool((v == v[owner]).all()) for v in vision.values()) else None
+
+
+def _rollout_from_wire(state: dict, image_rows: Tensor | None) -> "Rollout":
+    """A pickled :class:`Rollout` back (see ``Rollout.__reduce__``)."""
+    state = _unpack(state)
+    if image_rows is not None:
+        state["vision"] = {k: v[image_rows] for k, v in state["vision"].items()}
+    return Rollout(**state)
+
+
 def prompt_index(prompt_ids: list[str]) -> Tensor:
     """(B,) int64 group index of each row: rows answering the same prompt share one (sorted ids)."""
     _, index = np.unique(np.asarray(prompt_ids), return_inverse=True)
@@ -91,6 +160,17 @@ class Rollout:
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
+
+    def __reduce__(self):
+        """Pickled (e.g. by Ray, from a rollout worker) with its tensors as raw numpy bytes
+        (:func:`tensor_bytes`: out of band, one copy into the object store) and each prompt's
+        images once rather than once per sample, when its samples' ``vision`` rows are equal
+        (they are in a worker's rollout); unpickled into tensors that own their memory."""
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        shared = _shared_image_rows(self.prompt_ids, self.vision) if self.vision else None
+        if shared is not None:
+            state["vision"] = {k: v[shared[0]] for k, v in self.vision.items()}
+        return _rollout_from_wire, (_pack(state), None if shared is None else shared[1])
 
     def to_batch(self) -> dict[str, Tensor]:
         """The tensors the learner needs, as a dict with batch-first values (sharded by rank).

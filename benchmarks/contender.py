@@ -3,17 +3,68 @@
 A contender is a script run in a fresh process per measurement (so start-up includes the
 imports) that trains ``--steps`` steps on the run directory's SFT policy and prints one line
 ``CONTENDER {json}`` (:func:`emit`): start-up seconds (process launch to the first step's
-start), and per step its wall seconds, phase seconds and generated tokens.
+start) and the CPU seconds the whole machine was busy meanwhile (:class:`BusyClock`), and per
+step its wall seconds, phase seconds and generated tokens.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 MARK = "CONTENDER "
+
+
+def busy_cpu_seconds() -> float:
+    """Seconds all of this machine's cores have been busy since boot, summed over cores: user, nice,
+    system, irq and softirq time of ``psutil.cpu_times()`` (not idle, iowait or the hypervisor's steal)."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+
+class BusyClock:
+    """Machine-wide busy CPU seconds (:func:`busy_cpu_seconds`, every process, Ray's included),
+    sampled every ``period_s`` seconds by a daemon thread from construction on.
+
+    ``busy_between(t0, t1)``: CPU seconds busy between epoch times ``t0`` and ``t1``, linearly
+    interpolated between samples; ``t0`` before the first sample counts from the first sample.
+    """
+
+    def __init__(self, period_s: float = 0.1) -> None:
+        self._times, self._busy = [time.time()], [busy_cpu_seconds()]
+        self._period_s = period_s
+        threading.Thread(target=self._sample, daemon=True, name="busy-clock").start()
+
+    def _sample(self) -> None:
+        while True:
+            time.sleep(self._period_s)
+            busy = busy_cpu_seconds()  # read before the time, as at construction: appended together
+            self._times.append(time.time())
+            self._busy.append(busy)
+
+    def _at(self, t: float) -> float:
+        times, busy = self._times[:], self._busy[:len(self._times)]
+        i = bisect.bisect_left(times, t)
+        if i == 0:
+            return busy[0]
+        if i >= len(times):
+            return busy[-1]
+        share = (t - times[i - 1]) / (times[i] - times[i - 1])
+        return busy[i - 1] + share * (busy[i] - busy[i - 1])
+
+    def busy_between(self, t0: float, t1: float) -> float:
+        """CPU seconds busy from ``t0`` to ``t1`` (epoch seconds, ``t0 <= t1``)."""
+        return self._at(t1) - self._at(t0)
+
+
+CLOCK = BusyClock()  # started when a contender imports this module, right after its launch time is taken
 
 
 def arguments(doc: str) -> argparse.ArgumentParser:
@@ -77,9 +128,12 @@ def emit_history(launched: float, first_step_start: float, history: list[dict[st
 
 def emit(launched: float, first_step_start: float, steps: list[dict[str, Any]], completions: int,
          startup_parts: dict[str, float] | None = None) -> None:
-    """Print the result line: ``startup_s``, ``completions`` per step, the per-step metrics and
-    the start-up's parts (seconds) where the contender knows them."""
-    print(MARK + json.dumps({"startup_s": first_step_start - launched, "completions": completions, "steps": steps,
+    """Print the result line: ``startup_s``, ``startup_cpu_s`` (the machine's busy CPU seconds
+    meanwhile), ``completions`` per step, the per-step metrics and the start-up's parts (seconds)
+    where the contender knows them."""
+    print(MARK + json.dumps({"startup_s": first_step_start - launched,
+                             "startup_cpu_s": CLOCK.busy_between(launched, first_step_start),
+                             "completions": completions, "steps": steps,
                              "startup_parts": startup_parts or {}}), flush=True)
 
 

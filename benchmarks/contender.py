@@ -12,21 +12,21 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import psutil
+from loopback import busy_ticks
 
 MARK = "CONTENDER "
 
 
 def busy_cpu_seconds() -> float:
-    """Seconds all of this machine's cores have been busy since boot, summed over cores: user, nice,
-    system, irq and softirq time of ``psutil.cpu_times()`` (not idle, iowait or the hypervisor's steal)."""
-    t = psutil.cpu_times()
-    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+    """Seconds all of this machine's cores have been busy since boot, summed over cores
+    (:func:`loopback.busy_ticks`)."""
+    return busy_ticks() / os.sysconf("SC_CLK_TCK")
 
 
 class BusyClock:

@@ -150,8 +150,9 @@ def _cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
-def _busy_ticks() -> int:
-    """Clock ticks all CPUs spent busy since boot (``/proc/stat``: all but idle and iowait)."""
+def busy_ticks() -> int:
+    """Clock ticks all CPUs spent busy since boot (``/proc/stat``: all but idle and iowait); ticks of
+    ``os.sysconf("SC_CLK_TCK")`` per second."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     return sum(fields) - fields[3] - fields[4]
 
@@ -180,9 +181,9 @@ class OthersLoad:
 
     def _run(self) -> None:
         hz = os.sysconf("SC_CLK_TCK")
-        last_time, last_busy, last_ours = time.time(), _busy_ticks(), self._ours()
+        last_time, last_busy, last_ours = time.time(), busy_ticks(), self._ours()
         while not self._stop.wait(self.period_s):
-            now, busy, ours = time.time(), _busy_ticks(), self._ours()
+            now, busy, ours = time.time(), busy_ticks(), self._ours()
             mine = sum(ticks - last_ours.get(pid, 0) for pid, ticks in ours.items())
             self.samples.append((now, max(0.0, (busy - last_busy - mine) / hz / (now - last_time))))
             last_time, last_busy, last_ours = now, busy, ours

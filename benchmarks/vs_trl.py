@@ -22,14 +22,13 @@ Contenders of the project (``--set`` overrides on the run's config):
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-import psutil
 
 import common
 import contender
@@ -129,7 +128,7 @@ def main() -> None:
               for name, m in med.items()}
     notes += [f"{name} start-up split (s): " + ", ".join(f"{part} {sec:.1f}" for part, sec in split.items())
               for name, split in splits.items() if split]
-    cores = psutil.cpu_count()
+    cores = os.cpu_count()
     notes += ["start-up CPU: the machine's busy CPU seconds from launch to the first step, every process (Ray's "
               "included): " + ", ".join(f"{name} {m['startup_cpu_s']:.1f}" for name, m in med.items())
               + f"; {STARTUP_GATE:g} s on these {cores} cores is at most {STARTUP_GATE * cores:g} CPU seconds.",

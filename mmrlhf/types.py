@@ -108,11 +108,12 @@ def _shared_image_rows(prompt_ids: list[str], vision: dict[str, Tensor]) -> tupl
     """(first (G,): the first row of each prompt id, inverse (B,): each row's index into it) when
     every ``vision`` tensor is equal, element for element, across the rows of each prompt id (a
     rollout's samples of one prompt); None when some are not (or hold NaN)."""
-    groups: dict[str, int] = {}
-    inverse = torch.tensor([groups.setdefault(i, len(groups)) for i in prompt_ids], dtype=torch.int64)
-    first = torch.full((len(groups),), len(prompt_ids), dtype=torch.int64).scatter_reduce(
-        0, inverse, torch.arange(len(prompt_ids)), reduce="amin")
-    owner = first[inverse]
+    groups: dict[str, int] = {}  # prompt id -> its first row
+    for row, prompt_id in enumerate(prompt_ids):
+        groups.setdefault(prompt_id, row)
+    owner = torch.tensor([groups[i] for i in prompt_ids], dtype=torch.int64)  # (B,): each row's first row
+    first = torch.tensor(list(groups.values()), dtype=torch.int64)  # ascending: ids in order of first row
+    inverse = torch.searchsorted(first, owner)
     return (first, inverse) if all(bool((v == v[owner]).all()) for v in vision.values()) else None
 
 

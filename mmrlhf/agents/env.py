@@ -43,11 +43,16 @@ TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 Clip = tuple[np.ndarray, np.ndarray]  # (frames uint8 (L, S, S) or stacks (L, C, S, S), true rewards float32 (L,))
 
 
+def check_transform(transform: str, caller: str) -> None:
+    """Raises ValueError naming `caller` when `transform` is not a key of TRANSFORMS."""
+    if transform not in TRANSFORMS:
+        raise ValueError(f"{caller}: transform {transform!r}, expected one of {list(TRANSFORMS)}")
+
+
 def shape_reward(learned: np.ndarray, transform: str, reward_scale: float) -> np.ndarray:
     """The reward the agent sees: `reward_scale * TRANSFORMS[transform](learned)`, float32 of
     learned's shape. Raises ValueError for an unknown transform."""
-    if transform not in TRANSFORMS:
-        raise ValueError(f"shape_reward: transform {transform!r}, expected one of {list(TRANSFORMS)}")
+    check_transform(transform, "shape_reward")
     return (reward_scale * TRANSFORMS[transform](np.asarray(learned, dtype=np.float32))).astype(np.float32)
 
 
@@ -69,8 +74,7 @@ class LearnedRewardVectorEnv(VectorWrapper):
                  max_clips: int = 400, frames_in_infos: bool = False, frame_stack: int = 1,
                  hide_action: str | None = None) -> None:
         super().__init__(env)
-        if transform not in TRANSFORMS:
-            raise ValueError(f"LearnedRewardVectorEnv: transform {transform!r}, expected one of {list(TRANSFORMS)}")
+        check_transform(transform, "LearnedRewardVectorEnv")
         self.score, self.frame_size, self.transform = score, frame_size, transform
         self.reward_scale, self.frames_in_infos = reward_scale, frames_in_infos
         self.frame_stack, self.hide_action = frame_stack, hide_action

@@ -25,6 +25,11 @@ from mmrlhf.algorithms.clip_preference import clip_preference_loss
 WEIGHTS_FILE = "frame_reward.pt"
 
 
+def _shape_text(shape: tuple[int, ...]) -> str:
+    """A shape as error messages write it: (2, 32, 32) -> "2, 32, 32"."""
+    return ", ".join(map(str, shape))
+
+
 class FrameRewardCNN(nn.Module):
     """r(o): grey frames uint8 (N, S, S), or stacks (N, C, S, S), S >= 32 -> rewards (N,) float32."""
 
@@ -61,7 +66,6 @@ class FrameRewardEnsemble:
     """E `FrameRewardCNN` members and the `Normalizer` of their mean.
 
     Built fresh (`FrameRewardEnsemble(members=3, size=64, seed=0, channels=1)`) or loaded (`load`).
-    `input_shape` is one input's shape: (S, S) with one channel, else (C, S, S).
     """
 
     def __init__(self, members: int = 3, size: int = 64, seed: int = 0, channels: int = 1) -> None:
@@ -71,9 +75,23 @@ class FrameRewardEnsemble:
             torch.manual_seed(seed)
             self.members = [FrameRewardCNN(size, channels) for _ in range(members)]
         self.size, self.channels = size, channels
-        self.input_shape = (size, size) if channels == 1 else (channels, size, size)
-        self.input_text = ", ".join(map(str, self.input_shape))  # for error messages: "2, 32, 32"
         self.normalizer = Normalizer()
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One input's shape: (S, S) with one channel, else (C, S, S)."""
+        return (self.size, self.size) if self.channels == 1 else (self.channels, self.size, self.size)
+
+    def check_frames(self, frames: np.ndarray | Tensor, caller: str, batch: str = "N") -> np.ndarray:
+        """`frames` as a numpy array, after checking it is uint8 (batch, *input_shape).
+
+        Raises ValueError naming `caller`, the expected and the given dtype and shape.
+        """
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8 or frames.shape[1:] != self.input_shape:
+            raise ValueError(f"{caller}: frames must be uint8 ({batch}, {_shape_text(self.input_shape)}), "
+                             f"got {frames.dtype} {frames.shape}")
+        return frames
 
     @torch.no_grad()
     def member_rewards(self, frames: np.ndarray | Tensor) -> Tensor:
@@ -86,10 +104,7 @@ class FrameRewardEnsemble:
 
         Raises ValueError for frames of the wrong shape or dtype.
         """
-        frames = np.asarray(frames)
-        if frames.dtype != np.uint8 or frames.shape[1:] != self.input_shape:
-            raise ValueError(f"FrameRewardEnsemble.rewards: frames must be uint8 (N, {self.input_text}), "
-                             f"got {frames.dtype} {frames.shape}")
+        frames = self.check_frames(frames, "FrameRewardEnsemble.rewards")
         mean = self.member_rewards(frames).mean(dim=0).numpy()
         return ((mean - self.normalizer.mean) / self.normalizer.std).astype(np.float32)
 
@@ -172,7 +187,7 @@ def train_ensemble(ensemble: FrameRewardEnsemble, clips_1: np.ndarray, clips_2: 
     if (clips_1.shape != clips_2.shape or clips_1.shape[2:] != ensemble.input_shape or len(clips_1) == 0
             or mu.shape != (len(clips_1),)):
         raise ValueError(f"train_ensemble: clips {clips_1.shape} / {clips_2.shape} and mu {mu.shape}: expected "
-                         f"two uint8 (P, L, {ensemble.input_text}) arrays with P >= 1 and mu (P,)")
+                         f"two uint8 (P, L, {_shape_text(ensemble.input_shape)}) arrays with P >= 1 and mu (P,)")
     c1, c2, labels = torch.from_numpy(clips_1), torch.from_numpy(clips_2), torch.from_numpy(mu).float()
     generator = torch.Generator().manual_seed(seed)
     losses = [train_member(m, c1, c2, labels, steps, min(batch_pairs, len(c1)), lr, generator, augment_shift,

@@ -63,10 +63,7 @@ class FrameRewardDeployment:
         if self._failures_left > 0:
             self._failures_left -= 1
             raise RuntimeError(f"FrameRewardDeployment: failing on purpose ({self._failures_left} more, fail_next)")
-        frames = np.asarray(frames)
-        if frames.dtype != np.uint8 or frames.shape[1:] != self._ensemble.input_shape:
-            raise ValueError(f"FrameRewardDeployment.score: frames must be uint8 (B, {self._ensemble.input_text}), "
-                             f"got {frames.dtype} {frames.shape}")
+        frames = self._ensemble.check_frames(frames, "FrameRewardDeployment.score", batch="B")
         rewards, version = await self._score_batch(frames)
         return {REWARD: rewards, VERSION: np.full(len(frames), version, dtype=np.int64)}
 

@@ -13,6 +13,10 @@ Transports (one small interface, `WeightTransport`):
   through `torch.save` bytes on both sides. Publishing then costs one copy into the store, and a
   CPU rollout worker binds its parameters to the mapped arrays (`bind_state_dict`), so loading
   copies nothing; the bytes from 1 MB to 500 MB are timed by `benchmarks/weight_sync.py`.
+- Weight slots (built, used when every rollout worker runs on learner rank 0's machine): that
+  copy into the store maps fresh pages on every publish (a page fault per 4 KiB), so rank 0 copies
+  the weights into one of two shared-memory files it mapped once instead, and the object store
+  carries a few hundred bytes naming the slot (`mmrlhf.weight_slots`); loading binds as above.
 - NCCL broadcast (NOT built): on GPU clusters the copy through host memory and the object store
   costs seconds for a billion parameters. The faster path is a process group separate from the
   DeepSpeed world group, made of learner rank 0 plus every rollout worker (e.g. with
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -36,7 +40,8 @@ import torch
 from ray import ObjectRef
 from torch import Tensor, nn
 
-from mmrlhf.types import tensor_bytes, tensor_from_bytes
+from mmrlhf.types import ReadOnlyStateDict, tensor_bytes, tensor_from_bytes
+from mmrlhf.weight_slots import SlotWeights, WeightSlots
 
 
 class WeightTransport(Protocol):
@@ -87,21 +92,27 @@ class WeightSync:
 
     transport: defaults to `ObjectStoreTransport()`. rollout_workers: Ray actor handles with a
     `load_weights(version: int, state_dict: dict[str, Tensor])` method (Ray resolves the ref to
-    the dict before the call).
+    the dict before the call). slots: None, or a name unique to this run under which learner rank 0
+    copies each version into its two shared-memory weight slots (`mmrlhf.weight_slots`), for
+    rollout workers on rank 0's machine only (`weight_slots.same_machine`); whoever named them
+    deletes them (`weight_slots.remove_slots`).
     """
 
     def __init__(
         self,
         rollout_workers: Sequence[Any] = (),
         transport: WeightTransport | None = None,
+        slots: str | None = None,
     ) -> None:
         self.rollout_workers = list(rollout_workers)
         self.transport = transport if transport is not None else ObjectStoreTransport()
+        self.slots = slots
 
     def publish(self, learner_group: Any, version: int, push: bool = True) -> dict[str, float]:
         """Publish `learner_group.weights()` as `version` and wait until every worker loaded it.
 
-        learner_group: anything with `weights() -> ObjectRef | dict` (a `LearnerGroup`).
+        learner_group: anything with `weights(**kwargs) -> ObjectRef | dict` (a `LearnerGroup`);
+        given `slots=` when this sync has slots.
         push=False only publishes: workers busy generating (asynchronous mode) load the version
         when their next `generate` call names it, instead of the driver waiting for them.
         Returns {"sync/seconds": wall time of gather + publish (+ all loads), "sync/version"}.
@@ -109,14 +120,42 @@ class WeightSync:
         (`ray.exceptions.RayTaskError` wrapping it, e.g. a key mismatch).
         """
         start = time.perf_counter()
-        self.transport.publish(version, learner_group.weights())
+        weights = learner_group.weights() if self.slots is None else learner_group.weights(slots=self.slots)
+        self.transport.publish(version, weights)
         published_version, ref = self.transport.latest()
         if push:
             ray.get([w.load_weights.remote(published_version, ref) for w in self.rollout_workers])
         return {"sync/seconds": time.perf_counter() - start, "sync/version": float(version)}
 
 
-class SharedStateDict(Mapping[str, Tensor]):
+class WeightPublisher:
+    """The publishing side of weight sync (learner rank 0): weights in the form that crosses to the
+    rollout workers. Owns the weight slots it writes (`mmrlhf.weight_slots`); `close` deletes them."""
+
+    def __init__(self) -> None:
+        self._slots: WeightSlots | None = None
+
+    def shareable(self, weights: Mapping[str, Tensor], slots: str | None = None) -> "SharedStateDict | SlotWeights":
+        """`weights` copied into the free one of the weight slots named `slots` (a `SlotWeights`),
+        or wrapped for the object store (a `SharedStateDict`, no copy) when `slots` is None or a
+        reader still holds that slot. Raises ValueError as `WeightSlots.write`."""
+        if slots is not None:
+            if self._slots is None or self._slots.prefix != slots:
+                self.close()
+                self._slots = WeightSlots(slots)
+            written = self._slots.write(weights)
+            if written is not None:
+                return written
+        return SharedStateDict.from_state_dict(weights)
+
+    def close(self) -> None:
+        """Delete this publisher's weight slots, if any."""
+        if self._slots is not None:
+            self._slots.close()
+            self._slots = None
+
+
+class SharedStateDict(ReadOnlyStateDict):
     """A read-only state dict {name: Tensor} that crosses the Ray object store without copies.
 
     Each tensor is kept as its raw bytes, a 1-D numpy uint8 array (with its torch dtype and
@@ -151,15 +190,6 @@ class SharedStateDict(Mapping[str, Tensor]):
 
     def __reduce__(self):
         return SharedStateDict, (self._entries,)
-
-    def __getitem__(self, name: str) -> Tensor:
-        return self._tensors[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._tensors)
-
-    def __len__(self) -> int:
-        return len(self._tensors)
 
     @property
     def nbytes(self) -> int:

@@ -11,6 +11,7 @@ checks it).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import NamedTuple, Optional
 
@@ -76,6 +77,22 @@ def tensor_from_bytes(dtype: str, shape: tuple[int, ...], raw: np.ndarray) -> Te
         # Arrays mapped from the object store are flagged read-only; torch warns that it cannot flag tensors so.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.from_numpy(raw).view(getattr(torch, dtype)).reshape(shape)
+
+
+class ReadOnlyStateDict(Mapping[str, Tensor]):
+    """A state dict {name: Tensor} over views the subclass keeps in ``self._tensors`` (views of
+    shared memory: ``sync.SharedStateDict``, ``weight_slots.SlotStateDict``); not to be written."""
+
+    _tensors: dict[str, Tensor]
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self._tensors[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
 
 
 class _Packed(NamedTuple):

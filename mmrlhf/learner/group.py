@@ -193,15 +193,16 @@ class LearnerGroup:
         """
         return self.run("train_step", batch, loss_fn=loss_fn)[0]
 
-    def weights(self, method_name: str | None = None) -> ObjectRef:
+    def weights(self, method_name: str | None = None, **kwargs: Any) -> ObjectRef:
         """ObjectRef to rank 0's full state dict {name: CPU Tensor} (gathered under ZeRO-3).
 
         method_name: the rank method that returns it (rank 0) or None (others); default the
-        group's `sync_method`.
+        group's `sync_method`. kwargs go to that method (e.g. `slots`, see
+        `LearnerWorker.state_dict_for_sync`).
         Collective over the ranks; returns once every rank finished the gather. The dict stays
         in the object store: pass the ref on rather than fetching it into the driver.
         """
-        refs = [getattr(worker, method_name or self.sync_method).remote() for worker in self.workers]
+        refs = [getattr(worker, method_name or self.sync_method).remote(**kwargs) for worker in self.workers]
         self._collect(refs[1:], ranks=range(1, self.num_ranks))
         ray.wait(refs[:1], fetch_local=False)
         return refs[0]

@@ -31,7 +31,8 @@ from mmrlhf.learner.engine import (
     load_engine_checkpoint,
     save_engine_checkpoint,
 )
-from mmrlhf.sync import SharedStateDict, state_dict_hash
+from mmrlhf.sync import SharedStateDict, WeightPublisher, state_dict_hash
+from mmrlhf.weight_slots import SlotWeights
 
 LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict[str, float | Tensor]]]
 POLICY_PREFIX = "policy."
@@ -125,6 +126,7 @@ class LearnerWorker:
         torch.manual_seed(seed)
         self.engine = init_engine(model_factory(), ds_config)
         self.generator = torch.Generator().manual_seed(seed)
+        self._publisher = WeightPublisher()  # rank 0's side of weight sync
 
     @staticmethod
     def get_address_and_port() -> tuple[str, int]:
@@ -204,24 +206,30 @@ class LearnerWorker:
         torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
         return {k: v / self.world_size for k, v in zip(keys, values.tolist())}
 
-    def state_dict_for_sync(self) -> SharedStateDict | None:
-        """Full CPU weights on rank 0 (see `engine.gather_full_state_dict`) as a `SharedStateDict`,
-        None on others. Collective under ZeRO-3: call it on every rank."""
-        return self._shared_weights("")
+    def state_dict_for_sync(self, slots: str | None = None) -> SharedStateDict | SlotWeights | None:
+        """Full CPU weights on rank 0 (see `engine.gather_full_state_dict`), None on others.
+        Collective under ZeRO-3: call it on every rank.
 
-    def policy_state_dict_for_sync(self) -> SharedStateDict | None:
+        slots: None returns a `SharedStateDict` (the object store carries it); a prefix copies the
+        weights into this rank's `WeightSlots` of that name and returns the small `SlotWeights`,
+        or the `SharedStateDict` when a reader still holds the free slot (see `mmrlhf.weight_slots`).
+        """
+        return self._shared_weights("", slots)
+
+    def policy_state_dict_for_sync(self, slots: str | None = None) -> SharedStateDict | SlotWeights | None:
         """Rank 0: the full weights of the model's `policy` sub-module (no value or Q heads) under
-        the policy's own key names, what rollout workers load; None on others. Collective."""
-        return self._shared_weights(POLICY_PREFIX)
+        the policy's own key names, what rollout workers load; None on others. Collective.
+        slots: as in `state_dict_for_sync`."""
+        return self._shared_weights(POLICY_PREFIX, slots)
 
-    def _shared_weights(self, prefix: str) -> SharedStateDict | None:
+    def _shared_weights(self, prefix: str, slots: str | None) -> SharedStateDict | SlotWeights | None:
         # Not copied where ZeRO does not partition them: these views of the live weights are
         # serialised into the object store when the actor method returns, before any later call
-        # can change them.
+        # can change them (or copied into a slot right here).
         full = gather_full_state_dict(self.engine, copy=False)
         if self.rank != 0:
             return None
-        return SharedStateDict.from_state_dict({k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)})
+        return self._publisher.shareable({k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}, slots)
 
     def get_param_hash(self) -> str | None:
         """`sync.state_dict_hash` of the full weights on rank 0, None on others. Collective."""
@@ -271,6 +279,8 @@ class LearnerWorker:
         return self.get_param_hash()
 
     def shutdown(self) -> None:
-        """Leave the process group, so the actor can exit without a dangling communicator."""
+        """Leave the process group, so the actor can exit without a dangling communicator, and
+        delete rank 0's weight slots."""
+        self._publisher.close()
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

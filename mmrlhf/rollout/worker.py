@@ -137,9 +137,11 @@ class RolloutWorker:
         """Load published policy weights (strict keys/shapes) and take their ``version``.
 
         The replica only reads its weights, so it uses the published tensors as they are
-        (:func:`mmrlhf.sync.bind_state_dict`): read from the object store on a CPU worker, they
-        stay in the node's shared memory, one copy for every worker there, and loading copies
-        nothing; on a GPU worker they are copied to the device.
+        (:func:`mmrlhf.sync.bind_state_dict`): read from the object store or from learner rank 0's
+        weight slots (:mod:`mmrlhf.weight_slots`) on a CPU worker, they stay in the machine's shared
+        memory, one copy for every worker there, and loading copies nothing; on a GPU worker they
+        are copied to the device. Raises ValueError when weight slots of another machine reach it
+        (a worker restarted elsewhere; slots are used only while every worker shares rank 0's machine).
         """
         bind_state_dict(self.model, state_dict)
         self.policy_version = version

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -43,6 +44,7 @@ from mmrlhf.stages.lineage import REWARD, RL, SFT, check_current, lineage_of, st
 from mmrlhf.stages.fit import check_cluster_fits, check_prompts_fit, check_split_fits_positions, warn_truncation
 from mmrlhf.stages.data import load_split, prepare_data
 from mmrlhf.sync import ObjectStoreTransport, WeightSync, load_state_dict_strict
+from mmrlhf.weight_slots import remove_slots, same_machine
 
 REWARD_APP = "reward"
 
@@ -179,7 +181,7 @@ def rl_system(cfg: RunConfig, force: bool = False) -> Iterator[RLSystem]:
         sft = str(Path(rl_inputs(cfg, force)).resolve())  # actors run in the cluster's working directory
         prepare_data(cfg, force=force)
         pool = load_split(cfg, "feedback")
-    rollout_group = learner_group = None
+    rollout_group = learner_group = slots = None
     try:
         with timer("time/startup/serve"):
             start_reward_deployment(cfg, reward_sources(cfg), reward_model_version(cfg))
@@ -198,8 +200,10 @@ def rl_system(cfg: RunConfig, force: bool = False) -> Iterator[RLSystem]:
                                             {res.learner_resource: 1} if res.learner_resource else None, cfg.seed)
         with timer("time/startup/rollout_workers"):  # what is left of their start once the learners are up
             rollout_group.versions()
+        if same_machine([*rollout_group.workers, learner_group.workers[0]]):  # weight slots (mmrlhf.weight_slots)
+            slots = f"mmrlhf-weights-{uuid.uuid4().hex[:12]}"
         yield RLSystem(
-            rollout_group, learner_group, WeightSync(rollout_group.workers, transport),
+            rollout_group, learner_group, WeightSync(rollout_group.workers, transport, slots),
             PromptSource(pool, rl.prompts_per_step, cfg.seed),
             AdaptiveKLController(rl.kl_coef, rl.kl_target, 10_000) if rl.kl_target else FixedKLController(rl.kl_coef),
             sft, timer.seconds)
@@ -208,6 +212,8 @@ def rl_system(cfg: RunConfig, force: bool = False) -> Iterator[RLSystem]:
             learner_group.shutdown()
         if rollout_group is not None:
             rollout_group.shutdown()
+        if slots is not None:
+            remove_slots(slots)  # also when rank 0 died before its own clean-up
         serve.delete(REWARD_APP)
 
 

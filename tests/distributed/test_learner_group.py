@@ -7,6 +7,7 @@ lives, not the update (Rajbhandari et al. 2020), so every stage must match it.
 from __future__ import annotations
 
 import sys
+import uuid
 
 import pytest
 import ray
@@ -17,7 +18,8 @@ from torch import Tensor, nn
 
 from mmrlhf.learner import LearnerGroup, deepspeed_config, shard_batch
 from mmrlhf.learner.worker import block_permutation
-from mmrlhf.sync import WeightSync, load_state_dict_strict, state_dict_hash
+from mmrlhf.sync import SharedStateDict, WeightSync, load_state_dict_strict, state_dict_hash
+from mmrlhf.weight_slots import SHM_DIR, SlotStateDict, remove_slots
 
 # pytest imports this file as `distributed.test_...`, a name Ray workers can't import; ship the
 # functions and classes defined here to the actors by value instead.
@@ -140,22 +142,28 @@ def test_rank0_gathers_full_weights_under_zero3(zero3_group):
     assert state_dict_hash(weights) == zero3_group.param_hash()
 
 
-def test_weights_published_reach_every_worker(zero3_group):
+@pytest.mark.parametrize("use_slots", [False, True], ids=["object_store", "weight_slots"])
+def test_weights_published_reach_every_worker(zero3_group, use_slots):
+    slots = f"mmrlhf-test-{uuid.uuid4().hex[:8]}" if use_slots else None
     replicas = [ray.remote(num_cpus=0.25)(PolicyReplica).remote() for _ in range(2)]
-    sync = WeightSync(rollout_workers=replicas)
+    sync = WeightSync(rollout_workers=replicas, slots=slots)
     try:
-        for version in (1, 2):
+        for version in (1, 2, 3):
             zero3_group.train_step(make_batch(seed=10 + version), mse_loss)
             metrics = sync.publish(zero3_group, version=version)
             learner_hash = zero3_group.param_hash()
             assert ray.get([r.status.remote() for r in replicas]) == [(version, learner_hash)] * 2
             assert metrics["sync/version"] == version and metrics["sync/seconds"] > 0
-        assert sync.transport.latest()[0] == 2
-        with pytest.raises(ValueError, match="version 2 is not above"):
-            sync.publish(zero3_group, version=2)
+        published = ray.get(sync.transport.latest()[1])
+        assert isinstance(published, SharedStateDict if slots is None else SlotStateDict)
+        assert len(list(SHM_DIR.glob(f"{slots}-slot*"))) == (0 if slots is None else 2)
+        with pytest.raises(ValueError, match="version 3 is not above"):
+            sync.publish(zero3_group, version=3)
     finally:
         for replica in replicas:
             ray.kill(replica)
+        if slots is not None:
+            remove_slots(slots)
 
 
 def predict(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
@@ -170,6 +178,26 @@ def test_call_runs_a_function_on_every_rank_shard_under_zero3(zero3_group):
     model.load_state_dict(ray.get(zero3_group.weights()))
     assert [p.shape for p in per_rank] == [(BATCH // 2, OUT_DIM)] * 2
     torch.testing.assert_close(torch.cat(per_rank), model(batch["x"]).detach())
+
+
+def gathered_hash(engine, batch: dict[str, Tensor], bucket_bytes: int) -> str | None:
+    """`state_dict_hash` of the full weights gathered in buckets of `bucket_bytes` (rank 0; None elsewhere)."""
+    from mmrlhf.learner import engine as engine_module
+
+    default, engine_module.GATHER_BUCKET_BYTES = engine_module.GATHER_BUCKET_BYTES, bucket_bytes
+    try:
+        full = engine_module.gather_full_state_dict(engine)
+    finally:
+        engine_module.GATHER_BUCKET_BYTES = default
+    return state_dict_hash(full) if full else None
+
+
+def test_zero3_gather_gives_the_same_weights_whatever_the_bucket_size(zero3_group):
+    # 1 byte: one collective per parameter; 200 bytes: buckets of 1, 2 and 1 parameters; 1 GiB: one bucket
+    hashes = {size: zero3_group.run("call", make_batch(seed=4), fn=gathered_hash, bucket_bytes=size)
+              for size in (1, 200, 2**30)}
+    assert {size: h[1] for size, h in hashes.items()} == dict.fromkeys(hashes)  # only rank 0 holds weights
+    assert {h[0] for h in hashes.values()} == {zero3_group.param_hash()}
 
 
 def inference_comm_op_state(engine, batch: dict[str, Tensor]) -> list[bool]:

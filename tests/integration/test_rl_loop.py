@@ -22,6 +22,7 @@ from mmrlhf.stages.common import RunPaths, policy_path
 from mmrlhf.stages.data import decode_images, load_split
 from mmrlhf.stages.rl import REWARD_APP, rl_inputs, rl_system, run_rl
 from mmrlhf.sync import state_dict_hash
+from mmrlhf.weight_slots import SHM_DIR, SlotStateDict
 
 from .conftest import clone_run
 
@@ -40,9 +41,13 @@ def test_two_rl_steps_sync_versions_and_weights_with_serve_rewards(ray_cluster, 
                    system.kl_controller, on_step)
         learner_hash = state_dict_hash(ray.get(system.learner_group.weights()))
         worker_hashes = group.weights_hashes()
+        # one machine: the weights went through rank 0's shared-memory slots, not the object store
+        assert isinstance(ray.get(system.weight_sync.transport.latest()[1]), SlotStateDict)
+        slots = system.weight_sync.slots
         deployment = serve.get_deployment_handle("RewardDeployment", app_name=REWARD_APP)
         items_scored = deployment.items_scored.remote().result()
 
+    assert not list(SHM_DIR.glob(f"{slots}-*"))  # removed with the system
     assert [s for s, *_ in steps] == [0, 1]
     # The version increments on every worker after each step's weight sync.
     assert [versions for *_, versions in steps] == [[1] * cfg.rl.rollout_workers, [2] * cfg.rl.rollout_workers]

@@ -12,8 +12,11 @@ swung by 2x or more from one round to the next):
   baseline on a 2-core machine);
 - ``2 workers x 1 thread``: two actors, each with one thread, half the prompts each.
 
-Efficiency = (2-worker samples/s / 1-worker samples/s) / 2, against each one-worker baseline;
-the gate (issue 14) is >= 0.8. Actors ask Ray for 0 logical CPUs so all three set-ups stay alive
+Efficiency = (2-worker samples/s / 1-worker samples/s) / 2, against each one-worker baseline.
+The gate (issue 14, ">= 0.8 from 1 to 2 rollout workers") is taken against the worker of the same
+size, one thread (a rollout worker with `resources.rollout_cpus` 1); the one with both cores as
+threads is printed beside it, not gated: on a 2-core machine it leaves no core for a second worker,
+so 2 workers can at best match it (efficiency 0.5). Actors ask Ray for 0 logical CPUs so all three set-ups stay alive
 side by side; the threads decide how many cores each uses.
 
     python benchmarks/rollout_scaling.py [--run-dir runs/digits] [--prompts 32 --samples 4] [--rounds 5] [--json out.json]
@@ -107,13 +110,14 @@ def main() -> None:
     eff = efficiencies(rates)
     rows = [[name, workers, threads, rates[name], 2 * eff[name] if name in eff else 1.0, eff.get(name, float("nan"))]
             for name, (workers, threads) in SETUPS.items()]
-    verdict = "met" if min(eff.values()) >= GATE else "missed"
+    verdict = "met" if eff["1 worker x 1 thread"] >= GATE else "missed"
     notes = [f"{args.prompts} prompts x {args.samples} samples, {args.max_new_tokens} new tokens, median of "
              f"{args.rounds} alternating rounds after a warm-up; each round, each set-up's samples/s over "
              f"{args.window_s:g} s of back-to-back RolloutGroup.generate calls (gold rule reward in the worker, no "
              "learner).",
-             f"efficiency of 2 workers: {eff['1 worker x 1 thread']:.2f} vs 1x1 thread, "
-             f"{eff['1 worker x 2 threads']:.2f} vs 1x2 threads; gate >= {GATE}: {verdict}."]
+             f"efficiency of 2 workers: {eff['1 worker x 1 thread']:.2f} vs 1 worker of the same size (1 thread): "
+             f"gate >= {GATE}: {verdict}; {eff['1 worker x 2 threads']:.2f} vs 1 worker with both cores as "
+             "threads (not gated: it leaves no core for a second worker)."]
     common.report("Rollout scaling, 1 -> 2 workers (generation-bound)",
                   ["set-up", "workers", "threads/worker", "samples/s", "2-worker speedup over it", "efficiency"],
                   rows, notes, args.json)

@@ -19,8 +19,10 @@ off), `batch_wait_timeout_s` 0.01 (the run's default). In-process: the same
 scorer (`RewardSources.score`) in the driver with 1 torch thread, on the same items in chunks of
 32 (the largest batch), no Ray. Clients are asyncio tasks in the driver (each awaits its
 response, then sends the next request); the driver's other core runs them and Serve's router.
-Deployments and the in-process call alternate, round by round. Gates (issue 14): batch 32 >= 5x
-batch-1 throughput and >= 0.7x the in-process call.
+Deployments and the in-process call alternate, round by round. One more row per shape, Serve's
+own ceiling here: a replica whose batched method returns zeros (`NoopScorer`, batch 32, the same
+settings and clients), i.e. what Serve's routing, handle calls and event loop allow with a free
+scorer. Gates (issue 14): batch 32 >= 5x batch-1 throughput and >= 0.7x the in-process call.
 
     python benchmarks/reward_serving.py [--preset small] [--rounds 3] [--json out.json]
     python benchmarks/reward_serving.py --quick     # < 1 minute smoke run (tiny preset, few requests)
@@ -43,8 +45,23 @@ from rundir import local_ray
 
 BATCH_SIZES = (1, 8, 32)
 IN_PROCESS = "in-process"
+NOOP = "no-op scorer, batch 32"
 GATE_BATCHING, GATE_IN_PROCESS = 5.0, 0.7
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def noop_app(max_ongoing_requests: int):
+    """A Serve app with the reward app's call signature whose batched method scores nothing (zeros):
+    Serve's own cost per request, one replica with 1 CPU, batch 32, the same timeout."""
+    from ray import serve
+
+    @serve.deployment(max_ongoing_requests=max_ongoing_requests, ray_actor_options={"num_cpus": 1})
+    class NoopScorer:
+        @serve.batch(max_batch_size=max(BATCH_SIZES), batch_wait_timeout_s=0.01)
+        async def score(self, images, texts, references, prompts):
+            return [{"total": [0.0] * len(batch)} for batch in images]
+
+    return NoopScorer.bind()
 
 
 def make_items(n: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
@@ -128,6 +145,8 @@ def main() -> None:
         handles = {b: deploy_reward(build_reward_app(weights, max_batch_size=b, max_ongoing_requests=args.max_ongoing,
                                                      ray_actor_options={"num_cpus": 1}), name=f"reward-b{b}")
                    for b in BATCH_SIZES}
+        noop = serve.run(noop_app(args.max_ongoing or max(MIN_ONGOING_REQUESTS, 2 * max(BATCH_SIZES))),
+                         name="reward-noop", route_prefix=None)
         results: dict[tuple[str, str], list[tuple[float, list[float]]]] = {}
         loop = asyncio.new_event_loop()
         try:
@@ -146,6 +165,7 @@ def main() -> None:
 
                 runs = {f"batch {b}": measure(f"batch {b}", h) for b, h in handles.items()}
                 runs[IN_PROCESS] = measure(IN_PROCESS)
+                runs[NOOP] = measure(NOOP, noop)
                 common.alternating(runs, args.rounds)
         finally:
             loop.close()
@@ -154,7 +174,8 @@ def main() -> None:
     rows, ratios = [], {}
     for shape, (per_request, concurrency, count) in shapes.items():
         rate = {}
-        for name in [*(f"batch {b}" for b in BATCH_SIZES), IN_PROCESS]:
+        names = [*(f"batch {b}" for b in BATCH_SIZES), IN_PROCESS, NOOP]
+        for name in names:
             measured = results[(shape, name)][1:]  # the first is the warm-up round
             wall = statistics.median(w for w, _ in measured)
             latencies = np.concatenate([lat for _, lat in measured])
@@ -162,14 +183,16 @@ def main() -> None:
             rows.append([shape, name, rate[name], rate[name] * per_request, 1e3 * np.percentile(latencies, 50),
                          1e3 * np.percentile(latencies, 99)])
         ratios[shape] = (rate["batch 32"] / rate["batch 1"], rate["batch 32"] / rate[IN_PROCESS])
-        for row in rows[-4:]:
+        for row in rows[-len(names):]:
             row += [rate[row[1]] / rate["batch 1"], rate[row[1]] / rate[IN_PROCESS]]
     ongoing = [args.max_ongoing or max(MIN_ONGOING_REQUESTS, 2 * b) for b in BATCH_SIZES]
     notes = [f"reward model preset {args.preset!r} (RewardScorer), one replica with 1 CPU, max_ongoing_requests="
              f"{ongoing} (batch {list(BATCH_SIZES)}), batch_wait_timeout_s=0.01; median of {args.rounds} alternating "
              "rounds after a warm-up; latency percentiles over every request of those rounds (in-process: the "
              "wall time per request).",
-             "in-process = RewardSources.score on the same items, 32 at a time, 1 torch thread, no Ray."]
+             "in-process = RewardSources.score on the same items, 32 at a time, 1 torch thread, no Ray.",
+             f"{NOOP} = a Serve replica returning zeros with the same settings and clients: Serve's own ceiling "
+             "on this machine, the most any scorer behind it could reach."]
     for shape, (batching, versus) in ratios.items():
         verdict = "met" if batching >= GATE_BATCHING and versus >= GATE_IN_PROCESS else "missed"
         notes.append(f"{shape}: batch 32 = {batching:.2f}x batch 1 (gate >= {GATE_BATCHING}), {versus:.2f}x "

@@ -104,13 +104,16 @@ def fit_bandwidth(nbytes: list[int], seconds: list[float]) -> tuple[float, float
     return float(intercept), float(1.0 / slope)
 
 
-def timed_sync(sync, source, split: dict[str, list[float]]):
+def timed_sync(sync, source, split: dict[str, list[float]] | None = None):
+    """A run for `common.alternating`: one `sync.publish(source, next version)`, its seconds; with
+    `split`, also the publish part (`source.last_seconds`) appended under "publish"."""
     version = [0]
 
     def run() -> float:
         version[0] += 1
         seconds = sync.publish(source, version[0])["sync/seconds"]
-        split.setdefault("publish", []).append(source.last_seconds)
+        if split is not None:
+            split.setdefault("publish", []).append(source.last_seconds)
         return seconds
     return run
 
@@ -150,14 +153,8 @@ def zero3_rows(mb: float, tensors: int, rounds: int) -> tuple[dict[str, float], 
     replica = ray.remote(num_cpus=0)(Replica).remote(nbytes, tensors)
     syncs = new_syncs(replica)
     with LearnerGroup(2, zero3_factory(nbytes, tensors), cfg, cpus_per_rank=1) as group:
-        version = [0]
-
-        def run(sync):
-            def once() -> float:
-                version[0] += 1
-                return sync.publish(group, version[0])["sync/seconds"]
-            return once
-        values = common.alternating({name: run(sync) for name, sync in syncs.items()}, rounds, warmup=WARMUP)
+        values = common.alternating({name: timed_sync(sync, group) for name, sync in syncs.items()}, rounds,
+                                    warmup=WARMUP)
         if ray.get(replica.weights_hash.remote()) != group.param_hash():
             raise RuntimeError("weight_sync: the replica's weights differ from the ZeRO-3 group's")
     remove_slots(syncs["slots"].slots)

@@ -28,6 +28,7 @@ actor killed by Ray runs no clean-up, by `remove_slots` from the process that na
 from __future__ import annotations
 
 import fcntl
+import functools
 import mmap
 import os
 import weakref
@@ -49,6 +50,7 @@ ALIGN = 64  # bytes: each tensor starts on a cache line
 Layout = dict[str, tuple[str, tuple[int, ...], int, int]]
 
 
+@functools.cache
 def machine_id() -> str:
     """This machine's boot id (Linux `/proc/sys/kernel/random/boot_id`): processes that report
     the same id share `/dev/shm`, Ray nodes started on loopback addresses of one machine included."""
